@@ -1,0 +1,1 @@
+"""TensorFlow/Keras model package (no Qt, no ssald_desktop)."""

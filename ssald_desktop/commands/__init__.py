@@ -1,0 +1,1 @@
+"""Sub-commands of ssald-cli, one module each, each with ``register(subparsers)``."""

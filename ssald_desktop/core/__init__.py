@@ -1,0 +1,1 @@
+"""Headless core: no Qt, TensorFlow imported lazily."""
