@@ -174,7 +174,11 @@ def lupton_rgb(
     ``minimum``, ``stretch`` and ``Q``; the result is identical to calling it directly.
     """
     spec = spec or NormSpec()
-    return make_lupton_rgb(red, green, blue, minimum=spec.minimum, stretch=spec.stretch, Q=spec.q)
+    # astropy divides f(I) by I before masking I <= 0; silence that harmless 0/0.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(
+            red, green, blue, minimum=spec.minimum, stretch=spec.stretch, Q=spec.q
+        )
 
 
 def asinh_view(
