@@ -633,7 +633,8 @@ class CutoutEngine:
                     f"position RA={ra[i]:.6f} Dec={dec[i]:+.6f} is outside field "
                     f"{self.frame_set.field_id} (bands {''.join(self.frame_set.bands)})"
                 )
-        width = np.broadcast_to(np.asarray(self.spec.width_arcsec(petro_radius_arcsec)), ra.shape)
+        petro = None if petro_radius_arcsec is None else np.asarray(petro_radius_arcsec, float)
+        width = np.broadcast_to(np.asarray(self.spec.width_arcsec(petro)), ra.shape)
         ra_pts, dec_pts, scale = self._sky_points(ra, dec, np.asarray(width, dtype=float))
         n = self.spec.output_size
         nb = len(self.spec.bands)
@@ -697,8 +698,8 @@ class CutoutEngine:
         nb, rows, cols = data.shape[0], data.shape[2], data.shape[3]
         # The Lupton mapping is per pixel (with a fixed minimum), so one call on the batch
         # stacked into a tall image gives exactly the per-cutout results.
-        stacked = [data[:, i].reshape(nb * rows, cols) for i in idx]
-        return lupton_rgb(*stacked, self.spec).reshape(nb, rows, cols, 3)
+        r, g, b = (data[:, i].reshape(nb * rows, cols) for i in idx)
+        return lupton_rgb(r, g, b, self.spec).reshape(nb, rows, cols, 3)
 
     def output_wcs(self, ra: float, dec: float, scale_arcsec: float) -> WCS:
         """The TAN WCS of a cutout's output grid."""

@@ -379,8 +379,9 @@ class Manifest:
                  for k, (i, r, d, f) in enumerate(zip(ids, ra, dec, fields, strict=True))],
             )
 
-    def record_skipped(self, status: str, ids: Sequence[str], ra: Sequence[float],
-                       dec: Sequence[float], field_name: str | None, message: str) -> None:
+    def record_skipped(self, status: str, ids: Sequence[str], ra: Sequence[float] | np.ndarray,
+                       dec: Sequence[float] | np.ndarray, field_name: str | None,
+                       message: str) -> None:
         """Record objects that were not cut (``outside``, ``masked`` or ``error``)."""
         with self.db:
             self.db.executemany(
@@ -732,8 +733,9 @@ class Miner:
         done = total - len(todo)
         skipped = 0
         shard = manifest.next_shard()
-        groups = self._locate(todo) if len(todo) else {}
-        outside = groups.pop(None, [])
+        located = self._locate(todo) if len(todo) else {}
+        outside = located.pop(None, [])
+        groups = {fid: idx for fid, idx in located.items() if fid is not None}
         if outside:
             rows = todo[outside]
             manifest.record_skipped("outside", [str(i) for i in rows["id"]], rows["ra"],
