@@ -1,0 +1,663 @@
+"""The main window: a field's colour image with its galaxies, a galaxy table and a cutout panel.
+
+Everything slow runs in background tasks (:mod:`ssald_desktop.ui.workers`): reading the frames
+and rendering the colour image (one task), then detecting the galaxies (a second task). Their
+results come back to this window in the GUI thread; a counter of opened fields makes results of
+an older request harmless when the astronomer has opened another field in the meantime.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QItemSelectionModel, QSortFilterProxyModel, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDockWidget,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableView,
+)
+
+from ssald_desktop import __version__
+from ssald_desktop.core.cutouts import CutoutEngine, NormSpec
+from ssald_desktop.core.errors import SsaldError
+from ssald_desktop.core.frames import FrameSet, open_frame_set, parse_frame_name
+from ssald_desktop.settings import Settings
+from ssald_desktop.ui.cutout_panel import CutoutPanel
+from ssald_desktop.ui.field_view import FieldView
+from ssald_desktop.ui.galaxy_table import (
+    SORT_ROLE,
+    GalaxyList,
+    GalaxyTableModel,
+    format_dec,
+    format_ra,
+)
+from ssald_desktop.ui.render import field_rgb_iter
+from ssald_desktop.ui.workers import Task, TaskRunner
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "SSALD desktop"
+FRAME_FILTER = (
+    "SDSS frames (frame-*.fits frame-*.fits.bz2 frame-*.fits.gz);;"
+    "FITS files (*.fits *.fit *.fts *.fits.bz2 *.fits.gz);;All files (*)"
+)
+
+Source = str | Path | Sequence[str | Path]
+
+
+# ---------------------------------------------------------------------------------------------
+# work done in worker threads (no widgets here)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldData:
+    """A field ready to show: frames, colour image on the r grid, a warm cutout engine."""
+
+    name: str
+    source: list[str]
+    frame_set: FrameSet
+    rgb: np.ndarray
+    engine: CutoutEngine
+
+
+def normalise_source(source: Source) -> str | Path | list[Path]:
+    """One folder or file as a Path, several files as a list (what open_frame_set takes)."""
+    if isinstance(source, (str, Path)):
+        return Path(source)
+    paths = [Path(p) for p in source]
+    if len(paths) == 1:
+        return paths[0]
+    return paths
+
+
+def describe_source(source: Source) -> str:
+    """A short name for what is being opened: the field id when the file names tell it."""
+    src = normalise_source(source)
+    paths: list[Path]
+    if isinstance(src, Path):
+        try:
+            paths = sorted(src.iterdir()) if src.is_dir() else [src]
+        except OSError:
+            paths = [src]
+    else:
+        paths = list(src)
+    for p in paths:
+        parsed = parse_frame_name(p.name)
+        if parsed is not None:
+            return str(parsed[1])
+    if isinstance(src, Path):
+        return src.name or str(src)
+    return paths[0].name if paths else "?"
+
+
+def load_field(source: Source, spec: NormSpec) -> Generator[Any, None, FieldData]:
+    """Open a frame set, render its colour image and warm a cutout engine (a worker generator).
+
+    Yields ``(step, n_steps, message)`` between stages (and ``None`` between strips of the
+    colour image, so that a cancel request is honoured quickly).
+    """
+    src = normalise_source(source)
+    name = describe_source(src)
+    yield (0, 3, f"Reading the frames of {name}\u2026")
+    frame_set = open_frame_set(src)
+    yield (1, 3, f"Rendering the {','.join(spec.rgb)} colour image\u2026")
+    rgb = yield from field_rgb_iter(frame_set, spec)
+    yield (2, 3, "Preparing cutouts\u2026")
+    engine = CutoutEngine(frame_set, spec)
+    engine.cut(frame_set.centre())  # fills the per-band caches once, here and not in the GUI
+    if frame_set.field_id is not None:
+        name = str(frame_set.field_id)
+    paths = [str(src)] if isinstance(src, Path) else [str(p) for p in src]
+    return FieldData(name=name, source=paths, frame_set=frame_set, rgb=rgb, engine=engine)
+
+
+def detect_field_galaxies(frame_set: FrameSet, band: str) -> Generator[Any, None, Any]:
+    """Offline galaxy detection of one band (a worker generator yielding progress)."""
+    from ssald_desktop.core import sources
+
+    if hasattr(sources, "detect_sources_iter"):
+        return (yield from sources.detect_sources_iter(frame_set, band))
+    yield (0, 1, "Detecting galaxies\u2026")
+    return sources.detect_galaxies(frame_set, band)
+
+
+def sources_unavailable() -> str | None:
+    """None when galaxy detection can be imported, else the reason it cannot."""
+    try:
+        from ssald_desktop.core import sources
+    except Exception as exc:  # a missing or half-written module must not stop the GUI
+        return f"{type(exc).__name__}: {exc}"
+    if not hasattr(sources, "detect_galaxies"):
+        return "ssald_desktop.core.sources has no detect_galaxies()"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the window
+# ---------------------------------------------------------------------------------------------
+
+
+class MainWindow(QMainWindow):
+    """SSALD desktop's main window.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Where to read and keep the user's settings (default: a new :class:`Settings`).
+    sample_field : path-like, optional
+        The bundled sample field offered in the File menu.
+
+    Signals
+    -------
+    field_loaded(str)
+        A field is shown (its name).
+    galaxies_loaded(int)
+        The galaxy table and markers are filled (number of galaxies; -1 when detection is
+        unavailable or failed).
+    error_shown(str)
+        An error message was shown to the user.
+    """
+
+    field_loaded = Signal(str)
+    galaxies_loaded = Signal(int)
+    error_shown = Signal(str)
+
+    def __init__(self, settings: Settings | None = None, sample_field: str | Path | None = None):
+        super().__init__()
+        self.settings = settings or Settings()
+        self.sample_field = Path(sample_field) if sample_field is not None else None
+        self.spec = self.settings.norm_spec()
+        self.tasks = TaskRunner(self)
+        self.field: FieldData | None = None
+        self.galaxies = GalaxyList.empty()
+        self._generation = 0
+        self._pending_name: str | None = None
+        self._selected: int | None = None
+        self.last_error: str | None = None
+
+        self.setObjectName("MainWindow")
+        self.setAcceptDrops(True)
+        self._build_central()
+        self._build_docks()
+        self._build_status_bar()
+        self._build_menus()
+        self._update_title()
+        self.resize(1440, 900)
+        self._restore_window()
+
+    # -- construction --------------------------------------------------------------------
+    def _build_central(self) -> None:
+        self.field_view = FieldView(self)
+        self.field_view.plot.setTitle("No field open: File \u25b8 Open, or drop frame files here")
+        self.field_view.marker_clicked.connect(self.select_galaxy)
+        self.field_view.cursor_moved.connect(self._on_cursor_moved)
+        self.field_view.cursor_left.connect(self._on_cursor_left)
+        self.setCentralWidget(self.field_view)
+
+    def _build_docks(self) -> None:
+        self.cutout_panel = CutoutPanel()
+        self.cutout_dock = QDockWidget("Selected object", self)
+        self.cutout_dock.setObjectName("CutoutDock")
+        self.cutout_dock.setWidget(self.cutout_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.cutout_dock)
+
+        self.table_model = GalaxyTableModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.table_model)
+        self.proxy.setSortRole(SORT_ROLE)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(3, Qt.SortOrder.AscendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setMinimumSectionSize(48)
+        self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
+        self.table_dock = QDockWidget("Galaxies", self)
+        self.table_dock.setObjectName("GalaxyDock")
+        self.table_dock.setWidget(self.table)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.table_dock)
+        self.resizeDocks([self.cutout_dock], [440], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.cutout_dock, self.table_dock], [330, 520], Qt.Orientation.Vertical)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.cursor_label = QLabel()
+        self.cursor_label.setMinimumWidth(470)
+        bar.addPermanentWidget(self.cursor_label)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setMaximumWidth(180)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.hide()
+        bar.addPermanentWidget(self.progress_bar)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the background work (the field shown stays)")
+        self.cancel_button.clicked.connect(self.cancel_tasks)
+        self.cancel_button.hide()
+        bar.addPermanentWidget(self.cancel_button)
+        self.tasks.busy_changed.connect(self._on_busy_changed)
+        self.tasks.progress.connect(self._on_progress)
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self.open_folder_action = QAction("Open field &folder\u2026", self)
+        self.open_folder_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_folder_action.triggered.connect(self.open_folder_dialog)
+        file_menu.addAction(self.open_folder_action)
+        self.open_files_action = QAction("Open frame fi&les\u2026", self)
+        self.open_files_action.setShortcut(QKeySequence("Ctrl+Shift+O"))
+        self.open_files_action.triggered.connect(self.open_files_dialog)
+        file_menu.addAction(self.open_files_action)
+        self.open_sample_action = QAction("Open the &sample field", self)
+        self.open_sample_action.triggered.connect(self.open_sample)
+        self.open_sample_action.setEnabled(self.sample_field is not None)
+        file_menu.addAction(self.open_sample_action)
+        self.reopen_action = QAction("&Reopen the last field", self)
+        self.reopen_action.triggered.connect(self.reopen_last_field)
+        file_menu.addAction(self.reopen_action)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+
+        view_menu = self.menuBar().addMenu("&View")
+        zoom_action = QAction("&Whole field", self)
+        zoom_action.setShortcut(QKeySequence("Ctrl+0"))
+        zoom_action.triggered.connect(self.field_view.reset_zoom)
+        view_menu.addAction(zoom_action)
+        self.markers_action = QAction("Galaxy &markers", self)
+        self.markers_action.setCheckable(True)
+        self.markers_action.setChecked(True)
+        self.markers_action.setShortcut(QKeySequence("M"))
+        self.markers_action.toggled.connect(self.field_view.set_markers_visible)
+        view_menu.addAction(self.markers_action)
+        view_menu.addSeparator()
+        view_menu.addAction(self.cutout_dock.toggleViewAction())
+        view_menu.addAction(self.table_dock.toggleViewAction())
+
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About SSALD desktop", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    def _restore_window(self) -> None:
+        geometry = self.settings.window_geometry()
+        if geometry is not None and not self.restoreGeometry(geometry):
+            log.warning("settings: saved window geometry not usable; using the default")
+        state = self.settings.window_state()
+        if state is not None and not self.restoreState(state):
+            log.warning("settings: saved window state not usable; using the default")
+
+    # -- opening fields ------------------------------------------------------------------
+    def open_field(self, source: Source) -> Task:
+        """Open a field folder or a list of frame files in the background.
+
+        The field shown stays until the new one is ready; work for an earlier request is
+        cancelled. Errors (an unreadable file, frames of different fields) are shown with
+        :meth:`show_error` and leave the window as it was.
+        """
+        self.tasks.cancel_all()
+        self._generation += 1
+        generation = self._generation
+        try:
+            self._pending_name = describe_source(source)
+        except (TypeError, ValueError):
+            self._pending_name = str(source)
+        self._update_title()
+        self.statusBar().showMessage(f"Opening {self._pending_name}\u2026")
+        return self.tasks.run(
+            "open field",
+            load_field,
+            source,
+            self.spec,
+            on_result=lambda data: self._field_ready(data, generation),
+            on_error=lambda exc: self._field_failed(exc, source, generation),
+        )
+
+    def _field_ready(self, data: FieldData, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._pending_name = None
+        self.field = data
+        self.set_galaxies(GalaxyList.empty())
+        wcs = data.frame_set.reference.wcs
+        self.field_view.set_image(data.rgb, wcs)
+        spec = self.spec
+        self.field_view.plot.setTitle(
+            f"{data.name} \u00b7 {','.join(spec.rgb)} \u2192 R,G,B Lupton (Q={spec.q:g}, "
+            f"stretch={spec.stretch:g}) on the {data.frame_set.reference_band}-band pixel grid"
+        )
+        self._update_title()
+        self.settings.set_last_field(data.source)
+        self.statusBar().showMessage(
+            f"{data.name}: bands {''.join(data.frame_set.bands)}, "
+            f"{data.frame_set.shape[1]} \u00d7 {data.frame_set.shape[0]} px",
+            8000,
+        )
+        self.field_loaded.emit(data.name)
+        self._start_detection(data, generation)
+
+    def _field_failed(self, exc: BaseException, source: Source, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._pending_name = None
+        self._update_title()
+        what = describe_source(source) if source else "the field"
+        self.show_error(f"Could not open {what}", self._describe_error(exc))
+
+    def _start_detection(self, data: FieldData, generation: int) -> None:
+        why = sources_unavailable()
+        if why is not None:
+            self.table_dock.setWindowTitle("Galaxies (detection unavailable)")
+            self.statusBar().showMessage(f"Galaxy detection unavailable ({why})", 15000)
+            log.warning("galaxy detection unavailable: %s", why)
+            self.galaxies_loaded.emit(-1)
+            return
+        band = data.frame_set.reference_band
+        self.table_dock.setWindowTitle("Galaxies (detecting\u2026)")
+        self.tasks.run(
+            "detect galaxies",
+            detect_field_galaxies,
+            data.frame_set,
+            band,
+            on_result=lambda table: self._galaxies_ready(table, generation),
+            on_error=lambda exc: self._detection_failed(exc, generation),
+        )
+
+    def _galaxies_ready(self, table: Any, generation: int) -> None:
+        if generation != self._generation or self.field is None:
+            return
+        try:
+            galaxies = GalaxyList.from_table(table, self.field.frame_set.reference.wcs)
+        except (ValueError, KeyError) as exc:
+            self._detection_failed(exc, generation)
+            return
+        self.set_galaxies(galaxies)
+        n_sources = len(table)
+        self.statusBar().showMessage(
+            f"{len(galaxies)} galaxies among {n_sources} sources "
+            f"(offline detection in {galaxies.band})",
+            15000,
+        )
+        self.galaxies_loaded.emit(len(galaxies))
+
+    def _detection_failed(self, exc: BaseException, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self.table_dock.setWindowTitle("Galaxies (detection failed)")
+        self.galaxies_loaded.emit(-1)
+        self.show_error("Galaxy detection failed", self._describe_error(exc))
+
+    @staticmethod
+    def _describe_error(exc: BaseException) -> str:
+        if isinstance(exc, SsaldError):
+            return str(exc)
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.error("unexpected error:\n%s", detail)
+        return f"{type(exc).__name__}: {exc}\n\n(This looks like a bug; the log has details.)"
+
+    # -- galaxies and selection ----------------------------------------------------------
+    def set_galaxies(self, galaxies: GalaxyList) -> None:
+        """Show these galaxies in the table and as markers (clears the selection)."""
+        self._selected = None
+        self.galaxies = galaxies
+        self.table.clearSelection()
+        self.table_model.set_galaxies(galaxies)
+        self.field_view.set_markers(galaxies.x, galaxies.y)
+        self.cutout_panel.clear()
+        self.table_dock.setWindowTitle(f"Galaxies ({len(galaxies)})")
+
+    def proxy_row(self, index: int) -> int:
+        """Row of galaxy ``index`` in the (sorted) table view."""
+        return self.proxy.mapFromSource(self.table_model.index(index, 0)).row()
+
+    @Slot(int)
+    def select_galaxy(self, index: int) -> None:
+        """Select galaxy ``index`` (position in :attr:`galaxies`) in the table and the image."""
+        if not 0 <= index < len(self.galaxies):
+            return
+        row = self.proxy_row(index)
+        selection = self.table.selectionModel()
+        selection.select(
+            self.proxy.index(row, 0),
+            QItemSelectionModel.SelectionFlag.ClearAndSelect
+            | QItemSelectionModel.SelectionFlag.Rows,
+        )
+        self.table.scrollTo(self.proxy.index(row, 0), QAbstractItemView.ScrollHint.EnsureVisible)
+        # selectionChanged does the rest (and nothing when the row was already selected).
+        if self._selected != index:
+            self._show_selected(index)
+
+    def selected_galaxy(self) -> int | None:
+        """Index in :attr:`galaxies` of the selected galaxy, or None."""
+        return self._selected
+
+    @Slot()
+    def _on_table_selection(self, *args: object) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return
+        index = self.proxy.mapToSource(rows[0]).row()
+        if index != self._selected:
+            self._show_selected(index)
+
+    def _show_selected(self, index: int) -> None:
+        self._selected = index
+        self.field_view.select(index, centre=True)
+        g = self.galaxies
+        title = f"Galaxy {int(g.ids[index])}"
+        details = []
+        if np.isfinite(g.mag[index]):
+            details.append(f"{g.band} = {g.mag[index]:.2f} mag")
+        if np.isfinite(g.r50[index]):
+            details.append(f"R50 = {g.r50[index]:.2f}\u2033")
+        if np.isfinite(g.rpetro[index]):
+            details.append(f"R_P = {g.rpetro[index]:.2f}\u2033")
+        details.append(f"pixel ({g.x[index]:.1f}, {g.y[index]:.1f})")
+        if self.field is None:
+            return
+        from astropy.coordinates import SkyCoord
+
+        coord = SkyCoord(g.ra[index], g.dec[index], unit="deg")
+        try:
+            # ~20 ms with the engine's caches warm (filled in the loading task).
+            cut = self.field.engine.cut(coord)
+        except SsaldError as exc:
+            self.cutout_panel.show_message(
+                title,
+                f"No cutout: {exc}<br>RA {format_ra(g.ra[index])} Dec {format_dec(g.dec[index])}",
+            )
+            return
+        self.cutout_panel.show_cutout(cut, title, ", ".join(details))
+
+    # -- status bar ----------------------------------------------------------------------
+    @Slot(float, float)
+    def _on_cursor_moved(self, x: float, y: float) -> None:
+        if self.field is None:
+            return
+        ref = self.field.frame_set.reference
+        ra, dec = ref.wcs.all_pix2world([[x, y]], 0)[0]
+        col, row = int(round(x)), int(round(y))
+        value = ""
+        if 0 <= row < ref.shape[0] and 0 <= col < ref.shape[1]:
+            v = float(ref.data[row, col])
+            value = f"   {ref.band} {v:.3f} nmgy" if np.isfinite(v) else f"   {ref.band} masked"
+        self.cursor_label.setText(
+            f"RA {format_ra(ra)}  Dec {format_dec(dec)}  ({ra:.5f}, {dec:+.5f})"
+            f"   x {x:.0f} y {y:.0f}{value}"
+        )
+
+    @Slot()
+    def _on_cursor_left(self) -> None:
+        self.cursor_label.setText("")
+
+    @Slot(bool)
+    def _on_busy_changed(self, busy: bool) -> None:
+        self.progress_bar.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        if busy:
+            self.progress_bar.setRange(0, 0)
+        else:
+            self.progress_bar.setRange(0, 1)
+
+    @Slot(object)
+    def _on_progress(self, report: object) -> None:
+        name, step, total, message = report  # type: ignore[misc]
+        if step <= 0 or total <= 0:
+            self.progress_bar.setRange(0, 0)  # busy indicator until the first stage ends
+        else:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(step)
+        self.statusBar().showMessage(str(message))
+
+    @Slot()
+    def cancel_tasks(self) -> None:
+        """Cancel the background work; the field shown stays."""
+        if not self.tasks.is_busy():
+            return
+        self.tasks.cancel_all()
+        self._generation += 1
+        self._pending_name = None
+        self._update_title()
+        if self.field is not None and self.table_dock.windowTitle().endswith("\u2026)"):
+            self.table_dock.setWindowTitle("Galaxies (detection cancelled)")
+        self.statusBar().showMessage("Cancelled", 5000)
+
+    # -- dialogs -------------------------------------------------------------------------
+    def show_error(self, title: str, message: str) -> None:
+        """Tell the user about an error without blocking (a window-modal message box)."""
+        self.last_error = f"{title}: {message}"
+        log.warning("%s", self.last_error)
+        self.statusBar().showMessage(title, 10000)
+        box = QMessageBox(
+            QMessageBox.Icon.Critical, title, message, QMessageBox.StandardButton.Ok, self
+        )
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+        self.error_shown.emit(message)
+
+    def _start_dir(self) -> str:
+        last = self.settings.last_field()
+        if last:
+            p = Path(last[0])
+            return str(p if p.is_dir() else p.parent)
+        return str(Path.home())
+
+    @Slot()
+    def open_folder_dialog(self) -> None:
+        """Ask for a field folder and open it."""
+        folder = QFileDialog.getExistingDirectory(self, "Open a field folder", self._start_dir())
+        if folder:
+            self.open_field(folder)
+
+    @Slot()
+    def open_files_dialog(self) -> None:
+        """Ask for frame files (one field) and open them."""
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Open the frame files of one field", self._start_dir(), FRAME_FILTER
+        )
+        if files:
+            self.open_field(files)
+
+    @Slot()
+    def open_sample(self) -> None:
+        """Open the bundled sample field."""
+        if self.sample_field is not None:
+            self.open_field(self.sample_field)
+
+    @Slot()
+    def reopen_last_field(self) -> None:
+        """Open the field opened last (from the settings)."""
+        last = self.settings.last_field()
+        if not last:
+            self.show_error("No field to reopen", "No field has been opened yet.")
+            return
+        self.open_field(last)
+
+    @Slot()
+    def show_about(self) -> None:
+        """The About box: version, settings file, NormSpec."""
+        text = (
+            f"<b>{APP_NAME}</b> {__version__}<br>Search SDSS imaging for dual AGN.<br><br>"
+            f"Settings: {self.settings.file_name}<br>"
+            f"Cache: {self.settings.cache_dir()}<br>"
+            f"NormSpec {self.spec.digest()}: <code>{self.spec.to_json()}</code>"
+        )
+        if self.settings.problem:
+            text += f"<br><br>Note: {self.settings.problem}"
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            f"About {APP_NAME}",
+            text,
+            QMessageBox.StandardButton.Ok,
+            self,
+        )
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    # -- drag and drop -------------------------------------------------------------------
+    @staticmethod
+    def _dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
+        mime = event.mimeData()
+        if not mime.hasUrls():
+            return []
+        return [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: D102
+        if self._dropped_paths(event):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:  # noqa: D102
+        event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: D102
+        paths = self._dropped_paths(event)
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.open_field(paths[0] if len(paths) == 1 else paths)
+
+    # -- window --------------------------------------------------------------------------
+    def field_name(self) -> str | None:
+        """Name of the field shown."""
+        return None if self.field is None else self.field.name
+
+    def _update_title(self) -> None:
+        if self._pending_name is not None:
+            shown = f" ({self.field.name} shown)" if self.field is not None else ""
+            self.setWindowTitle(f"{APP_NAME} - {self._pending_name} (opening\u2026){shown}")
+        elif self.field is not None:
+            self.setWindowTitle(f"{APP_NAME} - {self.field.name}")
+        else:
+            self.setWindowTitle(APP_NAME)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: D102
+        self.tasks.cancel_all()
+        self.settings.set_window(self.saveGeometry(), self.saveState())
+        self.settings.sync()
+        super().closeEvent(event)
