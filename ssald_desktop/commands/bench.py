@@ -29,6 +29,15 @@ def _cutouts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from model.bench import bench_train, summary  # lazy: TensorFlow only for this benchmark
+
+    r = bench_train(args.preset, args.size, args.batch, args.steps)
+    print(summary(r))
+    _write(r, args.json)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its sub-commands."""
     p = sub.add_parser("bench", help="benchmarks (print a summary; --json writes the figures)")
@@ -42,3 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--size", type=int, default=64, help="cutout size in pixels")
     c.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     c.set_defaults(func=_cutouts)
+    t = bsub.add_parser("train", help="VICReg training vs a bare GradientTape loop; encoding")
+    t.add_argument("--preset", default="small", help="encoder preset (small, resnet18, resnet50)")
+    t.add_argument("--size", type=int, default=64, help="image size")
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    t.set_defaults(func=_train)
