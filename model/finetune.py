@@ -133,8 +133,9 @@ def finetune_encoder(
 ) -> tuple[keras.Model, ClassifierHead]:
     """Fine-tune the encoder's last ``top_layers`` weight layers together with a linear head.
 
-    The other layers stay frozen (BatchNorm layers in inference mode), so a few hundred labels
-    cannot wreck the self-supervised representation. Returns the encoder (modified in place)
+    The other layers stay frozen and every BatchNorm layer runs in inference mode (its moving
+    statistics are kept), so a few hundred labels cannot wreck the self-supervised
+    representation. Returns the encoder (modified in place)
     and the head.
     """
     labels = np.asarray([str(v) for v in labels])
@@ -144,8 +145,7 @@ def finetune_encoder(
     for layer in weighted:
         layer.trainable = False
     for layer in weighted[-top_layers:]:
-        if not isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = True
+        layer.trainable = True  # BatchNorm too: its scale/offset learn, its statistics stay
     z0 = encoder.predict(images, batch_size=256, verbose=0)
     head = train_head(z0, labels, classes)
     inputs = keras.Input(encoder.input_shape[1:])

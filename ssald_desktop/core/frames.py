@@ -208,7 +208,8 @@ def read_fpm(path: str | Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """Read an SDSS ``fpM`` mask file into one boolean image per mask plane.
 
     Each plane's HDU lists object masks, each a set of spans ``(y, x1, x2)`` stored in the
-    ``s`` column, offset by ``row0``/``col0`` (photo's OBJMASK structure).
+    ``s`` column as big-endian 16-bit integers packed in a byte array (``1PB``), offset by
+    ``row0``/``col0`` (photo's OBJMASK structure).
     """
     path = Path(path)
     hdul = _open_fits(path)
@@ -222,7 +223,11 @@ def read_fpm(path: str | Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
             if table is None or not len(table):
                 planes[name] = np.zeros(shape, dtype=bool)
                 continue
-            spans = [np.asarray(s, dtype=np.int64).reshape(-1, 3) for s in table["s"]]
+            # ``s`` is a variable-length byte array holding big-endian int16 (y, x1, x2) spans.
+            spans = [
+                np.asarray(s, dtype=np.uint8).view(">i2").astype(np.int64).reshape(-1, 3)
+                for s in table["s"]
+            ]
             counts = [len(sp) for sp in spans]
             allspans = np.concatenate(spans) if spans else np.zeros((0, 3), np.int64)
             y = allspans[:, 0] + np.repeat(np.asarray(table["row0"], np.int64), counts)

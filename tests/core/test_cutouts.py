@@ -89,9 +89,9 @@ def test_star_centroids_m2(m2_field):
     eng = CutoutEngine(m2_field)
     worst = 0.0
     measured = 0
-    for coord in _bright_compact_sources(m2_field, n=8):
+    for coord in _bright_compact_sources(m2_field, n=12):
         cut = eng.cut(coord)
-        if cut.mask.any():
+        if cut.mask[:, 26:39, 26:39].any():  # a flagged pixel in the centroid box
             continue
         clean = _clean(cut, "griz")
         if "r" not in clean:
@@ -142,9 +142,14 @@ def test_outside_field_raises(quiet_field):
 
 
 def test_saturated_star_is_masked(m2_field):
+    from scipy.ndimage import center_of_mass, label
+
     r = m2_field["r"]
-    ys, xs = np.nonzero(r.mask_planes["SATUR"])
-    centre = r.wcs.pixel_to_world(np.median(xs), np.median(ys))
+    regions, n = label(r.mask_planes["SATUR"])
+    sizes = np.bincount(regions.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    y, x = center_of_mass(regions == biggest)
+    centre = r.wcs.pixel_to_world(x, y)
     cut = cutout(m2_field, centre)
     assert cut.band_mask("r").any()
     assert np.all(np.isfinite(cut.data))

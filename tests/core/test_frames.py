@@ -52,10 +52,24 @@ def test_m2_field_reads_masks_and_psf(m2_field):
 def test_fpm_spans_are_exact():
     planes = read_fpm(M2_FIELD / "fpM-002583-r2-0136.fits", (1489, 2048))
     with fits.open(M2_FIELD / "fpM-002583-r2-0136.fits") as h:
-        row = h[1].data[0]  # INTERP plane, first object mask
-        spans = np.asarray(row["s"]).reshape(-1, 3)
-        y, x1, x2 = spans[10] + [row["row0"], row["col0"], row["col0"]]
-    assert planes["INTERP"][y, x1 : x2 + 1].all()
+        row = h[2].data[0]  # SATUR plane, first object mask
+        # spans: big-endian int16 (y, x1, x2) triples packed in a byte array
+        spans = np.frombuffer(bytes(np.asarray(row["s"], np.uint8)), ">i2").reshape(-1, 3)
+        assert len(spans) == row["nspan"]
+        y, x1, x2 = spans[0] + [row["row0"], row["col0"], row["col0"]]
+        assert row["rmin"] <= y <= row["rmax"] and row["cmin"] <= x1 <= x2 <= row["cmax"]
+    assert planes["SATUR"][y, x1 : x2 + 1].all()
+
+
+def test_saturation_mask_sits_on_bright_pixels(m2_field):
+    r = m2_field["r"]
+    sat = r.mask_planes["SATUR"]
+    assert np.median(r.data[sat]) > 100 * np.median(r.data)
+    # one saturated region per bright star, not one region per mask row
+    from scipy.ndimage import label
+
+    _, n = label(sat)
+    assert 20 < n < 1000
 
 
 def test_counts_and_ivar(m2_field):
