@@ -233,6 +233,22 @@ def run(
         raise
 
 
+def _load_probe(folder: str, size: int, cfg: Config) -> tuple[Any, Any]:
+    """A balanced random subset of a labelled GZ2-style folder, resized to the input size."""
+    import numpy as np
+    import tensorflow as tf
+
+    from model.evaluate import load_labelled_images
+
+    root = Path(folder)
+    images, labels, _ = load_labelled_images(root / "images", root / "labels.csv")
+    rng = np.random.default_rng(cfg.train.seed)
+    keep = rng.permutation(len(labels))[:size]
+    side = cfg.encoder.input_size
+    x = np.asarray(tf.image.resize(images[keep], (side, side), antialias=True))
+    return x, labels[keep]
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m model.train``."""
     p = argparse.ArgumentParser(prog="python -m model.train",
@@ -245,6 +261,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
     p.add_argument("--tpu", help="TPU name, or 'local' on a TPU VM")
     p.add_argument("--export", help="where to export the encoder (default OUT/encoder.keras)")
+    p.add_argument("--probe", metavar="DIR",
+                   help="labelled set for a kNN probe at every checkpoint: DIR/images/*.jpg and "
+                        "DIR/labels.csv (galaxy_id,label; the GZ2 layout)")
+    p.add_argument("--probe-size", type=int, default=600, help="labelled images used (default 600)")
     p.add_argument("--verbose", type=int, default=0, help="Keras fit verbosity (0, 1, 2)")
     return p
 
@@ -267,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = cfg.override(sets) if sets else cfg.validate()
         if not cfg.data.source:
             raise ConfigError("no data: give --data or data.source in the configuration")
-        summary = run(cfg, export_path=args.export, command=command, verbose=args.verbose)
+        probe = _load_probe(args.probe, args.probe_size, cfg) if args.probe else None
+        summary = run(cfg, export_path=args.export, command=command, verbose=args.verbose,
+                      probe=probe)
     except (ConfigError, TrainingError, FileNotFoundError) as exc:
         print(f"model.train: error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,8 @@ def _metrics(out):
 def test_train_exports_a_safe_encoder_with_card(images, tmp_path):
     out = tmp_path / "run"
     rc = train_main(["--data", str(images), "--out", str(out), *TINY,
-                     "--set", "train.epochs=2", "--set", "train.checkpoint_every=2"])
+                     "--set", "train.epochs=2", "--set", "train.checkpoint_every=4",
+                     "--probe", str(DATA / "gz2"), "--probe-size", "40"])
     assert rc == 0
     from model.export import load_encoder
 
@@ -51,6 +52,9 @@ def test_train_exports_a_safe_encoder_with_card(images, tmp_path):
     assert {"loss", "invariance", "variance", "covariance", "rankme", "lr", "images_per_s",
             "epoch", "step"} <= set(train[-1])
     assert [r["step"] for r in train] == list(range(1, 9))
+    probes = [r for r in lines if r.get("event") == "probe"]
+    assert [p["step"] for p in probes] == [4, 8]
+    assert 0 <= probes[-1]["knn_balanced_accuracy"] <= 1 and probes[-1]["rankme_labelled"] > 1
     state = json.loads((out / "run.json").read_text())
     assert state["state"] == "finished" and state["encoder"].endswith("encoder.keras")
     assert any((out / "tensorboard").rglob("events.out.tfevents*"))
