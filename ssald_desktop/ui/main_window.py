@@ -35,6 +35,7 @@ from ssald_desktop import __version__
 from ssald_desktop.core.cutouts import CutoutEngine, NormSpec
 from ssald_desktop.core.errors import SsaldError
 from ssald_desktop.core.frames import FrameSet, open_frame_set, parse_frame_name
+from ssald_desktop.core.render import field_rgb_iter
 from ssald_desktop.settings import Settings
 from ssald_desktop.ui.cutout_panel import CutoutPanel
 from ssald_desktop.ui.field_view import FieldView
@@ -45,7 +46,6 @@ from ssald_desktop.ui.galaxy_table import (
     format_dec,
     format_ra,
 )
-from ssald_desktop.ui.render import field_rgb_iter
 from ssald_desktop.ui.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)

@@ -173,7 +173,7 @@ def test_field_rgb_matches_astropy_lupton(window):
     """The strip-wise render equals make_lupton_rgb on the resampled bands."""
     from astropy.visualization import make_lupton_rgb
 
-    from ssald_desktop.ui.render import band_affine, field_rgb, resample_to_reference
+    from ssald_desktop.core.render import band_affine, field_rgb, resample_to_reference
 
     fs = window.field.frame_set
     spec = window.spec
