@@ -39,7 +39,7 @@ def export_encoder(
     out_path: str | Path,
     *,
     normspec: dict | None,
-    scaling: str,
+    scaling: str | dict,
     config: dict | None = None,
     data: dict | None = None,
     metrics: dict | None = None,
@@ -56,8 +56,8 @@ def export_encoder(
         Ends in ``.keras``.
     normspec : dict or None
         The NormSpec of the training data (None for plain image folders).
-    scaling : str
-        How pixels were scaled to the encoder's input (e.g. "uint8/255").
+    scaling : str or dict
+        How pixels were scaled to the encoder's input (``model.data.DataInfo.scaling``).
     config, data, metrics : dict, optional
         Training configuration, data description, final metrics.
     command : str, optional

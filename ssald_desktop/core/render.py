@@ -113,8 +113,8 @@ def field_rgb_iter(
     # The Lupton mapping is per pixel (fixed minimum, stretch and Q): strips give the same result.
     for r0 in range(0, rows, strip_rows):
         r1 = min(r0 + strip_rows, rows)
-        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where all bands are 0
-            rgb[r0:r1] = lupton_rgb(*(p[r0:r1] for p in planes), spec)
+        red, green, blue = (p[r0:r1] for p in planes)
+        rgb[r0:r1] = lupton_rgb(red, green, blue, spec)
         yield
     return rgb
 
