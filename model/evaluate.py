@@ -126,8 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--encoder", required=True)
     p.add_argument("--gz2", required=True, help="folder with images/ and labels.csv")
     p.add_argument("--json", metavar="OUT")
+    p.add_argument("--update-card", action="store_true",
+                   help="also record the figures under 'evaluation' in the encoder's model card")
     args = p.parse_args(argv)
     r = evaluate(args.encoder, args.gz2)
+    if args.update_card:
+        from model.export import card_path, load_card
+
+        card = load_card(args.encoder)
+        card["evaluation"] = r
+        card_path(args.encoder).write_text(json.dumps(card, indent=2) + "\n")
     for name in ("trained_encoder", "random_init_encoder", "raw_pixels_32px"):
         m = r[name]
         print(f"{name:22s} linear probe {m['linear_probe_balanced_accuracy']:.3f}   "
