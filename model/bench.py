@@ -28,6 +28,7 @@ def bench_train(
     warmup: int = 3,
     encode_images: int = 2048,
     seed: int = 0,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Images/s of VICReg fit steps vs a bare GradientTape loop, and encoding images/s."""
     import keras
@@ -56,9 +57,6 @@ def bench_train(
     model = make_model()
     ds = tf.data.Dataset.from_tensors((x1, x2)).repeat()
     model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-    t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    fit_rate = steps * batch / (time.perf_counter() - t0)
 
     # Bare loop: same loss, same optimizer, no metrics.
     bare = make_model()
@@ -79,11 +77,25 @@ def bench_train(
 
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    float(loss)
-    bare_rate = steps * batch / (time.perf_counter() - t0)
+
+    def time_fit() -> float:
+        t0 = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        return steps * batch / (time.perf_counter() - t0)
+
+    def time_bare() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        float(loss)
+        return steps * batch / (time.perf_counter() - t0)
+
+    # Interleaved rounds, best of each: load from other processes hits both alike.
+    fit_rates, bare_rates = [], []
+    for _ in range(rounds):
+        fit_rates.append(time_fit())
+        bare_rates.append(time_bare())
+    fit_rate, bare_rate = max(fit_rates), max(bare_rates)
 
     # Encoding: batched predict of the encoder alone.
     images = rng.random((encode_images, image_size, image_size, cfg.encoder.bands),
@@ -99,6 +111,7 @@ def bench_train(
         "image_size": image_size,
         "batch": batch,
         "steps": steps,
+        "rounds": rounds,
         "fit_images_per_s": fit_rate,
         "fit_pairs_per_s": fit_rate,
         "bare_loop_images_per_s": bare_rate,
