@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bz2
 import io
-import os
 import socket
 import subprocess
 import sys
@@ -34,9 +33,10 @@ from ssald_desktop import cli
 from ssald_desktop.core import sky
 from ssald_desktop.core.errors import InvalidQueryError, OutsideFieldError, RemoteError
 from ssald_desktop.core.frames import BANDS, FieldId, open_frame_set
+from tests.conftest import DATA as SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("SSALD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "sdss"
+DATA = SHARED_DATA / "sdss"
 FIELD_DIR = DATA / "frames" / "2820-3-122"
 OTHER_FIELD_DIR = DATA / "frames" / "2583-2-136"
 SPECTRA = DATA / "spectra"

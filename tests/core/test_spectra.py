@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +22,8 @@ from ssald_desktop.core.spectra import (
     plot_spectrum,
     read_spectrum,
 )
+from tests.conftest import DATA  # noqa: E402
 
-DATA = Path(
-    os.environ.get(
-        "SSALD_TEST_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    )
-)
 SPECTRA = DATA / "sdss" / "spectra"
 SPPLATE = SPECTRA / "spPlate-4055-55359-0020.fits"
 N_PLATE_FIBRES = 20
