@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "spectrum",
     "sources",
     "mine",
+    "search",
     "bench",
 )
 

@@ -21,7 +21,10 @@ def test_core_import_is_light():
         "import sys\n"
         "import ssald_desktop.core.frames, ssald_desktop.core.cutouts, ssald_desktop.core.dataset\n"
         "import ssald_desktop.core.spectra, ssald_desktop.core.sky, ssald_desktop.cli\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'PySide6', 'astroquery') if m in sys.modules]\n"
+        "import ssald_desktop.core.sources, ssald_desktop.core.embeddings\n"
+        "import ssald_desktop.core.index, ssald_desktop.core.query\n"
+        "names = ('tensorflow', 'keras', 'PySide6', 'astroquery')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -38,6 +38,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrieval(args: argparse.Namespace) -> int:
+    from ssald_desktop.core.bench_search import bench_retrieval, retrieval_summary
+
+    r = bench_retrieval(
+        args.images, args.labels, positive=args.positive, k=args.k, encoder_path=args.encoder
+    )
+    print(retrieval_summary(r))
+    _write(r, args.json)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ssald_desktop.core.bench_search import bench_search, search_summary
+
+    r = bench_search(
+        args.n,
+        args.dim,
+        k=args.k,
+        source=args.source,
+        embeddings=args.embeddings,
+        kind=args.kind,
+        mode=args.mode,
+        force=args.force,
+    )
+    print(search_summary(r))
+    _write(r, args.json)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its sub-commands."""
     p = sub.add_parser("bench", help="benchmarks (print a summary; --json writes the figures)")
@@ -58,3 +87,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     t.set_defaults(func=_train)
+    r = bsub.add_parser("retrieval", help="precision@k of query by image on labelled images")
+    r.add_argument("--images", required=True, help="folder of images")
+    r.add_argument("--labels", required=True, help="CSV with galaxy_id,label")
+    r.add_argument("--positive", default="spiral", help="the class to query with")
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--encoder", help="exported encoder (default: the bundled one)")
+    r.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    r.set_defaults(func=_retrieval)
+    q = bsub.add_parser("search", help="index build time, memory, latency and recall@k")
+    q.add_argument("--n", type=int, required=True, help="number of vectors")
+    q.add_argument("--dim", type=int, default=128)
+    q.add_argument("--k", type=int, default=50)
+    q.add_argument(
+        "--source",
+        choices=["gz2", "gaussian"],
+        default="gz2",
+        help="vectors shaped like the gz2 embeddings (default) or random Gaussians",
+    )
+    q.add_argument("--embeddings", help="real embeddings to tile (.npy or a store folder)")
+    q.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
+    q.add_argument("--mode", default="tile", choices=["tile", "interpolate"])
+    q.add_argument("--force", action="store_true", help="run even past the memory estimate")
+    q.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    q.set_defaults(func=_search)

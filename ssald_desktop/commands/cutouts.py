@@ -15,8 +15,10 @@ def _run(args: argparse.Namespace) -> int:
     from ssald_desktop.core.frames import open_frame_set
 
     fs = open_frame_set(args.field)
-    spec = NormSpec.from_json(Path(args.normspec).read_text()) if args.normspec else NormSpec(
-        size=args.size, output_size=args.output_size or args.size
+    spec = (
+        NormSpec.from_json(Path(args.normspec).read_text())
+        if args.normspec
+        else NormSpec(size=args.size, output_size=args.output_size or args.size)
     )
     engine = CutoutEngine(fs, spec)
     if args.csv:

@@ -34,24 +34,39 @@ def _run(args: argparse.Namespace) -> int:
         from ssald_desktop.core import sky
 
         source = SDSSSource(sky.SDSSClient(timeout=args.timeout, cache_dir=args.cache))
-    spec = NormSpec.from_json(open(args.normspec).read()) if args.normspec else NormSpec(
-        size=args.size, output_size=args.size
+    spec = (
+        NormSpec.from_json(open(args.normspec).read())
+        if args.normspec
+        else NormSpec(size=args.size, output_size=args.size)
     )
-    miner = Miner(args.out, source, spec, formats=args.format, shard_size=args.shard_size,
-                  workers=args.workers, dtype=args.dtype,
-                  max_masked_fraction=args.max_masked)
+    miner = Miner(
+        args.out,
+        source,
+        spec,
+        formats=args.format,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        dtype=args.dtype,
+        max_masked_fraction=args.max_masked,
+    )
     tty = sys.stderr.isatty()
 
     def emit(line: str) -> None:
-        print(("\r" + line[:150].ljust(150)) if tty else line, end="" if tty else "\n",
-              file=sys.stderr, flush=True)
+        print(
+            ("\r" + line[:150].ljust(150)) if tty else line,
+            end="" if tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     last = iter_progress_lines(miner.run(galaxies), emit)
     if tty:
         print(file=sys.stderr)
     if last is not None:
-        print(f"{last.done}/{last.total} galaxies handled ({last.skipped} skipped), "
-              f"{last.shards} shards in {args.out}")
+        print(
+            f"{last.done}/{last.total} galaxies handled ({last.skipped} skipped), "
+            f"{last.shards} shards in {args.out}"
+        )
     return 0
 
 
@@ -60,8 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mine", help="cut a galaxy list into shards (resumable)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV with ra, dec (and objid, petroRad_r, run/camcol/field)")
-    src.add_argument("--box", nargs=4, type=float, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
-                     help="select SDSS galaxies in this box (online)")
+    src.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
+        help="select SDSS galaxies in this box (online)",
+    )
     p.add_argument("--r-max", type=float, default=17.77, help="faintest petroMag_r (--box)")
     p.add_argument("--limit", type=int, default=10000, help="most galaxies to select (--box)")
     p.add_argument("--out", required=True, help="output folder (resumes if it exists)")
@@ -73,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="cutout size in pixels")
     p.add_argument("--normspec", help="NormSpec JSON file (overrides --size)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--max-masked", type=float, default=0.2, help="skip cutouts more masked than this")
+    p.add_argument(
+        "--max-masked", type=float, default=0.2, help="skip cutouts more masked than this"
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="SDSS timeout in seconds")
     p.set_defaults(func=_run)

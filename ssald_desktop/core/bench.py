@@ -30,7 +30,9 @@ def _best_rate(fn: Callable[[], int], repeats: int) -> float:
     return best
 
 
-def _random_positions(fs: FrameSet, n: int, margin: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _random_positions(
+    fs: FrameSet, n: int, margin: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Uniform random positions at least ``margin`` px inside every band."""
     rng = np.random.default_rng(seed)
     rows, cols = fs.shape
@@ -79,7 +81,10 @@ def bench_cutouts(
         size = spec.output_size
         for k in range(n_base):
             c = SkyCoord(ra[k], dec[k], unit="deg")
-            cubes = {b: Cutout2D(fs[b].data, c, size, wcs=fs[b].wcs, mode="partial").data for b in spec.bands}
+            cubes = {
+                b: Cutout2D(fs[b].data, c, size, wcs=fs[b].wcs, mode="partial").data
+                for b in spec.bands
+            }
             lupton_rgb(cubes[spec.rgb[0]], cubes[spec.rgb[1]], cubes[spec.rgb[2]], spec)
         return n_base
 
@@ -99,6 +104,10 @@ def bench_cutouts(
         "ratio_vs_baseline": rate / base,
         "goal_cutouts_per_s": 1000,
         "meets_goal": bool(rate >= 1000),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "numpy": np.__version__, "processor": platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+            "processor": platform.machine(),
+        },
     }

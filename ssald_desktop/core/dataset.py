@@ -121,9 +121,7 @@ def read_galaxy_list(path: str | Path) -> Table:
             raise InvalidQueryError(f"{path}, line {i}: position out of range: RA={ra} Dec={dec}")
         ras.append(ra)
         decs.append(dec)
-    ids = [
-        (row[id_col] or "").strip() if id_col else "" for row in rows
-    ]
+    ids = [(row[id_col] or "").strip() if id_col else "" for row in rows]
     ids = [i or position_id(r, d) for i, r, d in zip(ids, ras, decs, strict=True)]
     t = Table({"id": ids, "ra": np.array(ras), "dec": np.array(decs)})
     if petro_col is not None:
@@ -173,7 +171,11 @@ def galaxy_selection_sql(
     m1 = _finite("r_max", r_max, 0, 30)
     if not (ra0 < ra1 and d0 < d1 and m0 < m1):
         raise InvalidQueryError("need ra_min < ra_max, dec_min < dec_max and r_min < r_max")
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 0 < limit <= 10**7:
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, (int, np.integer))
+        or not 0 < limit <= 10**7
+    ):
         raise InvalidQueryError(f"limit must be an integer in 1..1e7, got {limit!r}")
     join = "JOIN" if spectroscopic else "LEFT JOIN"
     return (
@@ -365,8 +367,15 @@ class Manifest:
         """Shards whose objects are recorded."""
         return {int(r[0]) for r in self.db.execute("SELECT shard FROM shards")}
 
-    def record_shard(self, shard: int, files: Sequence[str], ids: Sequence[str],
-                     ra: np.ndarray, dec: np.ndarray, fields: Sequence[str]) -> None:
+    def record_shard(
+        self,
+        shard: int,
+        files: Sequence[str],
+        ids: Sequence[str],
+        ra: np.ndarray,
+        dec: np.ndarray,
+        fields: Sequence[str],
+    ) -> None:
         """Record a complete shard and its objects atomically."""
         with self.db:
             self.db.execute(
@@ -375,25 +384,37 @@ class Manifest:
             )
             self.db.executemany(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, 'done', ?, ?, NULL)",
-                [(i, float(r), float(d), f, shard, k)
-                 for k, (i, r, d, f) in enumerate(zip(ids, ra, dec, fields, strict=True))],
+                [
+                    (i, float(r), float(d), f, shard, k)
+                    for k, (i, r, d, f) in enumerate(zip(ids, ra, dec, fields, strict=True))
+                ],
             )
 
-    def record_skipped(self, status: str, ids: Sequence[str], ra: Sequence[float] | np.ndarray,
-                       dec: Sequence[float] | np.ndarray, field_name: str | None,
-                       message: str) -> None:
+    def record_skipped(
+        self,
+        status: str,
+        ids: Sequence[str],
+        ra: Sequence[float] | np.ndarray,
+        dec: Sequence[float] | np.ndarray,
+        field_name: str | None,
+        message: str,
+    ) -> None:
         """Record objects that were not cut (``outside``, ``masked`` or ``error``)."""
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
-                [(i, float(r), float(d), field_name, status, message)
-                 for i, r, d in zip(ids, ra, dec, strict=True)],
+                [
+                    (i, float(r), float(d), field_name, status, message)
+                    for i, r, d in zip(ids, ra, dec, strict=True)
+                ],
             )
 
     def counts(self) -> dict[str, int]:
         """Number of objects by status."""
-        return {s: int(n) for s, n in
-                self.db.execute("SELECT status, COUNT(*) FROM objects GROUP BY status")}
+        return {
+            s: int(n)
+            for s, n in self.db.execute("SELECT status, COUNT(*) FROM objects GROUP BY status")
+        }
 
 
 def shard_path(out_dir: Path, fmt: str, shard: int) -> Path:
@@ -429,8 +450,16 @@ class ShardBuffer:
 
     def take(self, n: int) -> ShardBuffer:
         """Remove and return the first ``n`` cutouts."""
-        out = ShardBuffer(self.ids[:n], self.ra[:n], self.dec[:n], self.fields[:n],
-                          self.petro[:n], self.images[:n], self.masks[:n], self.rgb[:n])
+        out = ShardBuffer(
+            self.ids[:n],
+            self.ra[:n],
+            self.dec[:n],
+            self.fields[:n],
+            self.petro[:n],
+            self.images[:n],
+            self.masks[:n],
+            self.rgb[:n],
+        )
         for name in ("ids", "ra", "dec", "fields", "petro", "images", "masks", "rgb"):
             setattr(self, name, getattr(self, name)[n:])
         return out
@@ -453,10 +482,15 @@ def write_h5_shard(path: Path, buf: ShardBuffer, spec: NormSpec, dtype: str = "f
         h.attrs["normspec_digest"] = spec.digest()
         h.attrs["bands"] = "".join(spec.bands)
         h.attrs["format_version"] = 1
-        h.create_dataset("images", data=np.stack(buf.images).astype(dtype),
-                         chunks=(1, len(spec.bands), n, n), compression="lzf")
-        h.create_dataset("masks", data=np.stack(buf.masks), chunks=(1, len(spec.bands), n, n),
-                         compression="lzf")
+        h.create_dataset(
+            "images",
+            data=np.stack(buf.images).astype(dtype),
+            chunks=(1, len(spec.bands), n, n),
+            compression="lzf",
+        )
+        h.create_dataset(
+            "masks", data=np.stack(buf.masks), chunks=(1, len(spec.bands), n, n), compression="lzf"
+        )
         h.create_dataset("rgb", data=np.stack(buf.rgb), chunks=(1, n, n, 3), compression="lzf")
         str_t = h5py.string_dtype()
         h.create_dataset("id", data=np.array(buf.ids, dtype=object), dtype=str_t)
@@ -467,8 +501,9 @@ def write_h5_shard(path: Path, buf: ShardBuffer, spec: NormSpec, dtype: str = "f
     _fsync_rename(tmp, path)
 
 
-def write_tfrecord_shard(path: Path, buf: ShardBuffer, spec: NormSpec,
-                         dtype: str = "float32") -> None:
+def write_tfrecord_shard(
+    path: Path, buf: ShardBuffer, spec: NormSpec, dtype: str = "float32"
+) -> None:
     """Write one TFRecord shard of ``tf.train.Example`` records (atomically).
 
     Features: ``image`` (raw bytes of a (bands, n, n) array of ``dtype``), ``mask`` (raw
@@ -491,18 +526,24 @@ def write_tfrecord_shard(path: Path, buf: ShardBuffer, spec: NormSpec,
     with tf.io.TFRecordWriter(str(tmp)) as w:
         for k in range(len(buf)):
             img = np.ascontiguousarray(buf.images[k].astype(dtype))
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "image": b(img.tobytes()),
-                "mask": b(np.ascontiguousarray(buf.masks[k], dtype=np.uint8).tobytes()),
-                "rgb": b(np.ascontiguousarray(buf.rgb[k]).tobytes()),
-                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(img.shape))),
-                "id": b(buf.ids[k].encode()),
-                "field": b(buf.fields[k].encode()),
-                "ra": f(buf.ra[k]),
-                "dec": f(buf.dec[k]),
-                "petro_r": f(buf.petro[k]),
-                "normspec_digest": b(digest),
-            }))
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image": b(img.tobytes()),
+                        "mask": b(np.ascontiguousarray(buf.masks[k], dtype=np.uint8).tobytes()),
+                        "rgb": b(np.ascontiguousarray(buf.rgb[k]).tobytes()),
+                        "shape": tf.train.Feature(
+                            int64_list=tf.train.Int64List(value=list(img.shape))
+                        ),
+                        "id": b(buf.ids[k].encode()),
+                        "field": b(buf.fields[k].encode()),
+                        "ra": f(buf.ra[k]),
+                        "dec": f(buf.dec[k]),
+                        "petro_r": f(buf.petro[k]),
+                        "normspec_digest": b(digest),
+                    }
+                )
+            )
             w.write(ex.SerializeToString())
     _fsync_rename(tmp, path)
 
@@ -659,8 +700,9 @@ class Miner:
                 groups[FieldId(int(row["run"]), int(row["camcol"]), int(row["field"]))].append(i)
             return groups
         margin = self.spec.output_size / 2.0 if self.spec.size_unit == "pixel" else 0.0
-        located = self.source.locate(np.asarray(galaxies["ra"]), np.asarray(galaxies["dec"]),
-                                     margin)
+        located = self.source.locate(
+            np.asarray(galaxies["ra"]), np.asarray(galaxies["dec"]), margin
+        )
         for i, fid in enumerate(located):
             groups[fid].append(i)
         return groups
@@ -671,8 +713,11 @@ class Miner:
         ids = [str(x) for x in rows["id"]]
         ra = np.asarray(rows["ra"], float)
         dec = np.asarray(rows["dec"], float)
-        petro = (np.asarray(rows["petro_r"], float) if "petro_r" in rows.colnames
-                 else np.full(len(rows), np.nan))
+        petro = (
+            np.asarray(rows["petro_r"], float)
+            if "petro_r" in rows.colnames
+            else np.full(len(rows), np.nan)
+        )
         name = str(fid)
         try:
             if self._stop.is_set():
@@ -682,9 +727,17 @@ class Miner:
             inside = frame_set.contains(SkyCoord(ra, dec, unit="deg"))
             if not inside.all():
                 o = ~inside
-                out.put(_Batch(name, [i for i, k in zip(ids, o, strict=True) if k], ra[o], dec[o],
-                               petro[o], status="outside",
-                               message=f"outside field {name}"))
+                out.put(
+                    _Batch(
+                        name,
+                        [i for i, k in zip(ids, o, strict=True) if k],
+                        ra[o],
+                        dec[o],
+                        petro[o],
+                        status="outside",
+                        message=f"outside field {name}",
+                    )
+                )
                 ids = [i for i, k in zip(ids, inside, strict=True) if k]
                 ra, dec, petro = ra[inside], dec[inside], petro[inside]
             pr = petro if self.spec.size_unit == "petrosian" else None
@@ -706,8 +759,9 @@ class Miner:
             else:
                 write_tfrecord_shard(path, buf, self.spec, self.dtype)
             files.append(str(path.relative_to(self.out_dir)))
-        manifest.record_shard(shard, files, buf.ids, np.array(buf.ra), np.array(buf.dec),
-                              buf.fields)
+        manifest.record_shard(
+            shard, files, buf.ids, np.array(buf.ra), np.array(buf.dec), buf.fields
+        )
 
     def run(self, galaxies: Table) -> Iterator[MineProgress]:
         """Mine ``galaxies`` (columns id, ra, dec[, petro_r, run, camcol, field]).
@@ -738,14 +792,27 @@ class Miner:
         groups = {fid: idx for fid, idx in located.items() if fid is not None}
         if outside:
             rows = todo[outside]
-            manifest.record_skipped("outside", [str(i) for i in rows["id"]], rows["ra"],
-                                    rows["dec"], None, "no field covers this position with the cutout inside it")
+            manifest.record_skipped(
+                "outside",
+                [str(i) for i in rows["id"]],
+                rows["ra"],
+                rows["dec"],
+                None,
+                "no field covers this position with the cutout inside it",
+            )
             done += len(outside)
             skipped += len(outside)
         fields_total = len(groups)
         fields_done = 0
-        yield MineProgress(done, total, 0, fields_total, skipped, shard,
-                           f"{len(todo)} galaxies to cut in {fields_total} fields")
+        yield MineProgress(
+            done,
+            total,
+            0,
+            fields_total,
+            skipped,
+            shard,
+            f"{len(todo)} galaxies to cut in {fields_total} fields",
+        )
         buf = ShardBuffer()
         # Each worker may have one batch waiting: memory stays bounded.
         q: queue.Queue[_Batch] = queue.Queue(maxsize=2 * self.workers)
@@ -756,18 +823,32 @@ class Miner:
                 item = q.get()
                 if item.last:
                     fields_done += 1
-                    yield MineProgress(done, total, fields_done, fields_total, skipped, shard,
-                                       f"field {item.field} finished")
+                    yield MineProgress(
+                        done,
+                        total,
+                        fields_done,
+                        fields_total,
+                        skipped,
+                        shard,
+                        f"field {item.field} finished",
+                    )
                     continue
                 if item.status != "done":
-                    manifest.record_skipped(item.status, item.ids, item.ra, item.dec, item.field,
-                                            item.message)
+                    manifest.record_skipped(
+                        item.status, item.ids, item.ra, item.dec, item.field, item.message
+                    )
                     if item.status != "error":
                         done += len(item.ids)
                     skipped += len(item.ids)
-                    yield MineProgress(done, total, fields_done, fields_total, skipped, shard,
-                                       f"{item.status}: {len(item.ids)} in field {item.field}: "
-                                       f"{item.message}")
+                    yield MineProgress(
+                        done,
+                        total,
+                        fields_done,
+                        fields_total,
+                        skipped,
+                        shard,
+                        f"{item.status}: {len(item.ids)} in field {item.field}: {item.message}",
+                    )
                     continue
                 assert item.data is not None and item.mask is not None and item.rgb is not None
                 frac = item.mask.reshape(len(item.ids), -1).mean(axis=1)
@@ -775,9 +856,13 @@ class Miner:
                 if not keep.all():
                     bad = ~keep
                     manifest.record_skipped(
-                        "masked", [i for i, k in zip(item.ids, bad, strict=True) if k],
-                        item.ra[bad], item.dec[bad], item.field,
-                        f"more than {self.max_masked_fraction:.0%} of the cutout is masked")
+                        "masked",
+                        [i for i, k in zip(item.ids, bad, strict=True) if k],
+                        item.ra[bad],
+                        item.dec[bad],
+                        item.field,
+                        f"more than {self.max_masked_fraction:.0%} of the cutout is masked",
+                    )
                     skipped += int(bad.sum())
                     done += int(bad.sum())
                 for k in np.nonzero(keep)[0]:
@@ -794,8 +879,15 @@ class Miner:
                     self._flush(manifest, part, shard)
                     shard += 1
                     done += len(part)
-                yield MineProgress(done, total, fields_done, fields_total, skipped, shard,
-                                   f"cut {len(item.ids)} in field {item.field}")
+                yield MineProgress(
+                    done,
+                    total,
+                    fields_done,
+                    fields_total,
+                    skipped,
+                    shard,
+                    f"cut {len(item.ids)} in field {item.field}",
+                )
             if len(buf):
                 n = len(buf)
                 self._flush(manifest, buf.take(n), shard)
@@ -834,14 +926,17 @@ def mine(
         m.close()
 
 
-def iter_progress_lines(progress: Iterable[MineProgress],
-                        emit: Callable[[str], None]) -> MineProgress | None:
+def iter_progress_lines(
+    progress: Iterable[MineProgress], emit: Callable[[str], None]
+) -> MineProgress | None:
     """Drive a mining run, emitting a one-line text progress bar; returns the last progress."""
     last = None
     for p in progress:
         last = p
         width = 30
         filled = int(round(width * p.fraction))
-        emit(f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} galaxies, "
-             f"{p.fields_done}/{p.fields_total} fields, {p.shards} shards  {p.message}")
+        emit(
+            f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} galaxies, "
+            f"{p.fields_done}/{p.fields_total} fields, {p.shards} shards  {p.message}"
+        )
     return last

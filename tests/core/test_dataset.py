@@ -15,9 +15,9 @@ from photutils.detection import find_peaks
 from ssald_desktop.cli import main as cli_main
 from ssald_desktop.core.cutouts import CutoutEngine, NormSpec
 from ssald_desktop.core.dataset import (
+    LocalMirror,
     Manifest,
     Miner,
-    LocalMirror,
     galaxy_selection_sql,
     mine,
     read_galaxy_list,
@@ -39,8 +39,9 @@ def galaxy_csv(tmp_path_factory):
     rows = []
     for name in ("2820-3-122", "2583-2-136"):
         r = open_frame_set(FRAMES / name, bands=["r"])["r"]
-        peaks = find_peaks(np.where(r.mask, 0, r.data), threshold=1.0, box_size=41,
-                           border_width=60)[:40]
+        peaks = find_peaks(
+            np.where(r.mask, 0, r.data), threshold=1.0, box_size=41, border_width=60
+        )[:40]
         sky = r.wcs.pixel_to_world(peaks["x_peak"], peaks["y_peak"])
         rows += [(f"{name}-{k}", c.ra.deg, c.dec.deg) for k, c in enumerate(sky)]
     rows.append(("nowhere", 10.0, 10.0))
@@ -129,9 +130,24 @@ def test_crash_between_shard_and_manifest_loses_and_duplicates_nothing(
 def test_killed_process_resumes_without_duplicates(galaxy_csv, tmp_path):
     """SIGKILL a real `ssald-cli mine` mid-run, then resume it."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssald_desktop.cli", "mine", "--csv", str(galaxy_csv),
-           "--out", str(out), "--mirror", str(FRAMES), "--shard-size", "4", "--size", "32",
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssald_desktop.cli",
+        "mine",
+        "--csv",
+        str(galaxy_csv),
+        "--out",
+        str(out),
+        "--mirror",
+        str(FRAMES),
+        "--shard-size",
+        "4",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     killed = False
@@ -203,8 +219,12 @@ def test_bad_galaxy_lists(tmp_path):
 def test_selection_sql_only_from_numbers():
     sql = galaxy_selection_sql(38.2, 38.4, -0.2, 0.0, r_max=17.77, limit=500)
     assert "TOP 500" in sql and "BETWEEN 38.2 AND 38.4" in sql and "p.type = 3" in sql
-    for bad in [("38; DROP TABLE PhotoObj", 38.4, -0.2, 0.0), (float("nan"), 38.4, -0.2, 0.0),
-                (38.4, 38.2, -0.2, 0.0), (38.2, 38.4, -95, 0.0)]:
+    for bad in [
+        ("38; DROP TABLE PhotoObj", 38.4, -0.2, 0.0),
+        (float("nan"), 38.4, -0.2, 0.0),
+        (38.4, 38.2, -0.2, 0.0),
+        (38.2, 38.4, -95, 0.0),
+    ]:
         with pytest.raises(InvalidQueryError):
             galaxy_selection_sql(*bad)
     with pytest.raises(InvalidQueryError):
@@ -212,11 +232,34 @@ def test_selection_sql_only_from_numbers():
 
 
 def test_cli_mine_and_errors(galaxy_csv, tmp_path, capsys):
-    assert cli_main(["mine", "--csv", str(galaxy_csv), "--out", str(tmp_path / "o"),
-                     "--mirror", str(QUIET_FIELD), "--size", "32"]) == 0
+    assert (
+        cli_main(
+            [
+                "mine",
+                "--csv",
+                str(galaxy_csv),
+                "--out",
+                str(tmp_path / "o"),
+                "--mirror",
+                str(QUIET_FIELD),
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "galaxies handled" in capsys.readouterr().out
-    rc = cli_main(["mine", "--csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "p"),
-                   "--mirror", str(QUIET_FIELD)])
+    rc = cli_main(
+        [
+            "mine",
+            "--csv",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "p"),
+            "--mirror",
+            str(QUIET_FIELD),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "none.csv" in err and "Traceback" not in err
 
@@ -224,14 +267,41 @@ def test_cli_mine_and_errors(galaxy_csv, tmp_path, capsys):
 def test_cli_cutouts(tmp_path, capsys):
     from PIL import Image
 
-    assert cli_main(["cutouts", "38.3018", "-0.1339", "--field", str(QUIET_FIELD),
-                     "--out", str(tmp_path), "--format", "both"]) == 0
+    assert (
+        cli_main(
+            [
+                "cutouts",
+                "38.3018",
+                "-0.1339",
+                "--field",
+                str(QUIET_FIELD),
+                "--out",
+                str(tmp_path),
+                "--format",
+                "both",
+            ]
+        )
+        == 0
+    )
     pngs = list(tmp_path.glob("*.png"))
     assert len(pngs) == 1 and Image.open(pngs[0]).size == (64, 64)
     assert len(list(tmp_path.glob("*.fits"))) == 1
     # sexagesimal with a negative declination: "--" ends the options
-    assert cli_main(["cutouts", "--field", str(QUIET_FIELD), "--out", str(tmp_path), "--",
-                     "02:33:12.43", "-00:08:02.0"]) == 0
+    assert (
+        cli_main(
+            [
+                "cutouts",
+                "--field",
+                str(QUIET_FIELD),
+                "--out",
+                str(tmp_path),
+                "--",
+                "02:33:12.43",
+                "-00:08:02.0",
+            ]
+        )
+        == 0
+    )
     rc = cli_main(["cutouts", "40", "0", "--field", str(QUIET_FIELD), "--out", str(tmp_path)])
     assert rc == 2 and "outside field 2820-3-122" in capsys.readouterr().err
 

@@ -54,7 +54,9 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_overrides():
-    cfg = Config().override(["train.epochs=7", "data.source=/data/with space", "augment.flip=false"])
+    cfg = Config().override(
+        ["train.epochs=7", "data.source=/data/with space", "augment.flip=false"]
+    )
     assert cfg.train.epochs == 7 and cfg.data.source == "/data/with space"
     assert cfg.augment.flip is False
     with pytest.raises(ConfigError):

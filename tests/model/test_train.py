@@ -17,8 +17,18 @@ from tests.conftest import DATA
 
 GZ2 = DATA / "gz2" / "images"
 TINY = [
-    "--set", "encoder.width=8", "--set", "encoder.depths=[1,1]", "--set", "encoder.input_size=32",
-    "--set", "vicreg.projector=[32,32]", "--set", "train.batch_size=16", "--set", "train.log_every=1",
+    "--set",
+    "encoder.width=8",
+    "--set",
+    "encoder.depths=[1,1]",
+    "--set",
+    "encoder.input_size=32",
+    "--set",
+    "vicreg.projector=[32,32]",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.log_every=1",
 ]
 
 
@@ -36,9 +46,23 @@ def _metrics(out):
 
 def test_train_exports_a_safe_encoder_with_card(images, tmp_path):
     out = tmp_path / "run"
-    rc = train_main(["--data", str(images), "--out", str(out), *TINY,
-                     "--set", "train.epochs=2", "--set", "train.checkpoint_every=4",
-                     "--probe", str(DATA / "gz2"), "--probe-size", "40"])
+    rc = train_main(
+        [
+            "--data",
+            str(images),
+            "--out",
+            str(out),
+            *TINY,
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.checkpoint_every=4",
+            "--probe",
+            str(DATA / "gz2"),
+            "--probe-size",
+            "40",
+        ]
+    )
     assert rc == 0
     from model.export import load_encoder
 
@@ -49,8 +73,17 @@ def test_train_exports_a_safe_encoder_with_card(images, tmp_path):
     assert encoder(x).shape == (4, 128)
     lines = _metrics(out)
     train = [r for r in lines if r.get("event") == "train"]
-    assert {"loss", "invariance", "variance", "covariance", "rankme", "lr", "images_per_s",
-            "epoch", "step"} <= set(train[-1])
+    assert {
+        "loss",
+        "invariance",
+        "variance",
+        "covariance",
+        "rankme",
+        "lr",
+        "images_per_s",
+        "epoch",
+        "step",
+    } <= set(train[-1])
     assert [r["step"] for r in train] == list(range(1, 9))
     probes = [r for r in lines if r.get("event") == "probe"]
     assert [p["step"] for p in probes] == [4, 8]
@@ -62,11 +95,24 @@ def test_train_exports_a_safe_encoder_with_card(images, tmp_path):
 
 def test_killed_run_resumes_on_the_same_schedule(images, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", str(images), "--out", str(out), *TINY, "--set", "train.epochs=8",
-            "--set", "train.checkpoint_every=4"]
+    args = [
+        "--data",
+        str(images),
+        "--out",
+        str(out),
+        *TINY,
+        "--set",
+        "train.epochs=8",
+        "--set",
+        "train.checkpoint_every=4",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "model.train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model.train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = out / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -79,7 +125,7 @@ def test_killed_run_resumes_on_the_same_schedule(images, tmp_path):
     step_at_kill = json.loads(latest.read_text())["step"]
     first = _metrics(out)
     assert train_main(args) == 0
-    lines = _metrics(out)[len(first):]
+    lines = _metrics(out)[len(first) :]
     assert lines[0]["event"] == "start" and lines[0]["step"] == step_at_kill
     resumed = [r for r in lines if r.get("event") == "train"]
     assert resumed[0]["step"] == step_at_kill + 1
@@ -105,8 +151,12 @@ def test_bad_inputs_give_one_line_errors(images, tmp_path, capsys):
     assert train_main(["--config", str(cfg), "--data", str(images)]) == 2
     assert "epochz" in _err(capsys)
 
-    assert train_main(["--data", str(images), "--out", str(tmp_path / "b"), *TINY,
-                       "--set", "encoder.bands=5"]) == 2
+    assert (
+        train_main(
+            ["--data", str(images), "--out", str(tmp_path / "b"), *TINY, "--set", "encoder.bands=5"]
+        )
+        == 2
+    )
     err = _err(capsys)
     assert "5" in err and "3" in err and "band" in err.lower()
 
@@ -116,30 +166,74 @@ def test_bad_inputs_give_one_line_errors(images, tmp_path, capsys):
     assert train_main(["--data", str(bad), "--out", str(tmp_path / "c"), *TINY]) == 2
     assert "broken.jpg" in _err(capsys)
 
-    assert train_main(["--data", str(images), "--out", str(tmp_path / "d"), *TINY,
-                       "--strategy", "tpu", "--tpu", "no-such-tpu-xyz"]) == 2
+    assert (
+        train_main(
+            [
+                "--data",
+                str(images),
+                "--out",
+                str(tmp_path / "d"),
+                *TINY,
+                "--strategy",
+                "tpu",
+                "--tpu",
+                "no-such-tpu-xyz",
+            ]
+        )
+        == 2
+    )
     assert "no-such-tpu-xyz" in _err(capsys)
 
 
 def test_checkpoint_of_another_architecture_is_refused(images, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train_main(["--data", str(images), "--out", str(out), *TINY,
-                       "--set", "train.epochs=1", "--set", "train.checkpoint_every=2"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(images),
+                "--out",
+                str(out),
+                *TINY,
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.checkpoint_every=2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     rc = train_main(["--data", str(images), "--out", str(out), *TINY, "--set", "encoder.width=16"])
     assert rc == 2 and "another architecture" in _err(capsys)
     # and a checkpoint file swapped in from another run is caught on restore
     other = tmp_path / "other"
-    assert train_main(["--data", str(images), "--out", str(other), *TINY,
-                       "--set", "encoder.width=16", "--set", "train.epochs=1",
-                       "--set", "train.checkpoint_every=2"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(images),
+                "--out",
+                str(other),
+                *TINY,
+                "--set",
+                "encoder.width=16",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.checkpoint_every=2",
+            ]
+        )
+        == 0
+    )
     for p in (out / "checkpoints").glob("ckpt-*"):
         p.unlink()
     src = sorted((other / "checkpoints").glob("ckpt-*"))[-1]
     shutil.copy(src, out / "checkpoints" / src.name)
-    (out / "checkpoints" / "latest.json").write_text(
-        json.dumps({"file": src.name, "step": 4}))
+    (out / "checkpoints" / "latest.json").write_text(json.dumps({"file": src.name, "step": 4}))
     capsys.readouterr()
-    assert train_main(["--data", str(images), "--out", str(out), *TINY,
-                       "--set", "train.epochs=2"]) == 2
+    assert (
+        train_main(["--data", str(images), "--out", str(out), *TINY, "--set", "train.epochs=2"])
+        == 2
+    )
     assert "another architecture" in _err(capsys)
