@@ -804,15 +804,11 @@ class Miner:
             skipped += len(outside)
         fields_total = len(groups)
         fields_done = 0
-        yield MineProgress(
-            done,
-            total,
-            0,
-            fields_total,
-            skipped,
-            shard,
-            f"{len(todo)} galaxies to cut in {fields_total} fields",
-        )
+
+        def progress(message: str) -> MineProgress:
+            return MineProgress(done, total, fields_done, fields_total, skipped, shard, message)
+
+        yield progress(f"{len(todo)} galaxies to cut in {fields_total} fields")
         buf = ShardBuffer()
         # Each worker may have one batch waiting: memory stays bounded.
         q: queue.Queue[_Batch] = queue.Queue(maxsize=2 * self.workers)
@@ -823,15 +819,7 @@ class Miner:
                 item = q.get()
                 if item.last:
                     fields_done += 1
-                    yield MineProgress(
-                        done,
-                        total,
-                        fields_done,
-                        fields_total,
-                        skipped,
-                        shard,
-                        f"field {item.field} finished",
-                    )
+                    yield progress(f"field {item.field} finished")
                     continue
                 if item.status != "done":
                     manifest.record_skipped(
@@ -840,14 +828,8 @@ class Miner:
                     if item.status != "error":
                         done += len(item.ids)
                     skipped += len(item.ids)
-                    yield MineProgress(
-                        done,
-                        total,
-                        fields_done,
-                        fields_total,
-                        skipped,
-                        shard,
-                        f"{item.status}: {len(item.ids)} in field {item.field}: {item.message}",
+                    yield progress(
+                        f"{item.status}: {len(item.ids)} in field {item.field}: {item.message}"
                     )
                     continue
                 assert item.data is not None and item.mask is not None and item.rgb is not None
@@ -879,21 +861,13 @@ class Miner:
                     self._flush(manifest, part, shard)
                     shard += 1
                     done += len(part)
-                yield MineProgress(
-                    done,
-                    total,
-                    fields_done,
-                    fields_total,
-                    skipped,
-                    shard,
-                    f"cut {len(item.ids)} in field {item.field}",
-                )
+                yield progress(f"cut {len(item.ids)} in field {item.field}")
             if len(buf):
                 n = len(buf)
                 self._flush(manifest, buf.take(n), shard)
                 shard += 1
                 done += n
-            yield MineProgress(done, total, fields_done, fields_total, skipped, shard, "finished")
+            yield progress("finished")
         finally:
             self._stop.set()
             # Unblock workers waiting on a full queue, then wait for them.
