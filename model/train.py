@@ -75,7 +75,12 @@ def latest_checkpoint(out: Path) -> tuple[Path | None, int]:
         return None, 0
     info = json.loads(index.read_text())
     path = out / "checkpoints" / info["file"]
-    return (path if path.exists() else None), int(info["step"])
+    if not path.exists():
+        raise TrainingError(
+            f"{index} names {info['file']}, which is missing: restore the file or delete "
+            "latest.json to restart from step 0"
+        )
+    return path, int(info["step"])
 
 
 def lr_schedule(cfg: Config, total_steps: int, steps_per_epoch: int) -> Any:

@@ -719,6 +719,7 @@ class Miner:
             else np.full(len(rows), np.nan)
         )
         name = str(fid)
+        sent = 0  # objects of (the inside part of) this field already on the queue
         try:
             if self._stop.is_set():
                 return
@@ -727,26 +728,38 @@ class Miner:
             inside = frame_set.contains(SkyCoord(ra, dec, unit="deg"))
             if not inside.all():
                 o = ~inside
-                out.put(
-                    _Batch(
-                        name,
-                        [i for i, k in zip(ids, o, strict=True) if k],
-                        ra[o],
-                        dec[o],
-                        petro[o],
-                        status="outside",
-                        message=f"outside field {name}",
-                    )
+                outside = _Batch(
+                    name,
+                    [i for i, k in zip(ids, o, strict=True) if k],
+                    ra[o],
+                    dec[o],
+                    petro[o],
+                    status="outside",
+                    message=f"outside field {name}",
                 )
                 ids = [i for i, k in zip(ids, inside, strict=True) if k]
                 ra, dec, petro = ra[inside], dec[inside], petro[inside]
+                out.put(outside)
             pr = petro if self.spec.size_unit == "petrosian" else None
             for sl, data, mask, rgb in engine.iter_cutouts(ra, dec, pr, batch=self.batch):
                 if self._stop.is_set():
                     return
                 out.put(_Batch(name, ids[sl], ra[sl], dec[sl], petro[sl], data, mask, rgb))
-        except (SsaldError, OSError, ValueError) as exc:
-            out.put(_Batch(name, ids, ra, dec, petro, status="error", message=str(exc)))
+                sent = sl.stop
+        except Exception as exc:  # noqa: BLE001 - any failure of one field is recorded, not lost
+            # Only the objects not yet sent: those already cut may sit in a recorded shard.
+            message = str(exc) if isinstance(exc, SsaldError) else f"{type(exc).__name__}: {exc}"
+            out.put(
+                _Batch(
+                    name,
+                    ids[sent:],
+                    ra[sent:],
+                    dec[sent:],
+                    petro[sent:],
+                    status="error",
+                    message=message,
+                )
+            )
         finally:
             out.put(_Batch(name, [], np.zeros(0), np.zeros(0), np.zeros(0), last=True))
 

@@ -450,6 +450,13 @@ def _build_kind(kind: str, vectors: np.ndarray, params: dict[str, Any], seed: in
                 ) -> Generator[IndexProgress, None, Any]:
     """Build one faiss index over (raw) vectors, normalising chunk by chunk."""
     n, d = vectors.shape
+    if kind in ("ivf", "ivfpq"):
+        need = max(int(params["nlist"]), 2 ** int(params.get("pq_bits", 0)))
+        if n < need:
+            raise DataFileError(
+                f"a {kind} index needs at least {need} vectors to train (nlist "
+                f"{params['nlist']}), the store has {n}; use kind 'flat' (exact) for so few"
+            )
     idx = _new_index(kind, d, n, params)
     if kind in ("ivf", "ivfpq"):
         ntrain = min(n, max(64 * int(params["nlist"]), 256 * 39 if kind == "ivfpq" else 0))

@@ -517,9 +517,10 @@ class Searcher:
             raise InvalidQueryError(f"negative weight must be >= 0, got {negative_weight!r}")
         if not files and not objects and not cutouts:
             raise InvalidQueryError("give at least one query image or object id")
-        excluded = {self.store.row_of(str(o)) for o in list(objects) + list(negative_objects)}
-        excluded.discard(None)
         n = self.index.count
+        given = (self.store.row_of(str(o)) for o in list(objects) + list(negative_objects))
+        # Only rows the index holds can appear in (and be excluded from) its results.
+        excluded = {r for r in given if r is not None and r < n}
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidQueryError(f"k must be a positive integer, got {k!r}")
         if k + len(excluded) > n:

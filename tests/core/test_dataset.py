@@ -325,3 +325,21 @@ def test_mine_through_sdss_with_recorded_frames(galaxy_csv, tmp_path, monkeypatc
     assert counts == {"done": 12}
     assert len(server.downloads) == 5  # one download per band, the field fetched once
     assert len(_all_ids(tmp_path / "out")) == 12
+
+
+def test_field_failing_midway_keeps_cut_objects_and_duplicates_none(galaxy_csv, mirror, tmp_path):
+    """A bad Petrosian radius in the second batch fails the field after a shard was recorded:
+    only the objects not yet cut are marked as errors, and resuming duplicates nothing."""
+    galaxies = read_galaxy_list(galaxy_csv)
+    galaxies = galaxies[[str(i).startswith("2820-3-122") for i in galaxies["id"]]][:8]
+    galaxies["petro_r"] = [3.0] * 4 + [-9999.0] * 4  # SDSS's missing-value sentinel
+    spec = NormSpec(size=4, size_unit="petrosian", output_size=32)
+    for _ in range(2):  # the second run resumes (and fails again on the same objects)
+        counts = mine(galaxies, tmp_path, mirror, spec, shard_size=4, batch=4, workers=1)
+        assert counts == {"done": 4, "error": 4}
+        ids = _all_ids(tmp_path)
+        assert sorted(ids) == sorted(str(i) for i in galaxies["id"][:4])
+    m = Manifest(tmp_path / "manifest.sqlite")
+    (msg,) = {r[0] for r in m.db.execute("SELECT message FROM objects WHERE status='error'")}
+    m.close()
+    assert "Petrosian radius" in msg

@@ -237,3 +237,14 @@ def test_bench_search_at_2000(store_dir):
     assert g["kind"] == "flat" and g["recall_at_k"] == 1.0 and g["data"]["source"] == "gaussian"
     big = bench_search(10**12, 128, 50, "gaussian")
     assert big["skipped"] and "GiB" in big["reason"]
+
+
+def test_ivf_on_too_few_vectors_is_a_clear_error():
+    import numpy as np
+
+    from ssald_desktop.core.errors import DataFileError
+    from ssald_desktop.core.index import build_index, run_build
+
+    vectors = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    with pytest.raises(DataFileError, match="at least .* vectors to train"):
+        run_build(build_index(vectors, kind="ivf"))

@@ -237,3 +237,13 @@ def test_checkpoint_of_another_architecture_is_refused(images, tmp_path, capsys)
         == 2
     )
     assert "another architecture" in _err(capsys)
+
+
+def test_missing_checkpoint_file_is_an_error_not_a_silent_restart(images, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest.json").write_text(
+        json.dumps({"file": "ckpt-000000008.weights.h5", "step": 8})
+    )
+    assert train_main(["--data", str(images), "--out", str(out), *TINY]) == 2
+    assert "ckpt-000000008.weights.h5" in _err(capsys)
