@@ -60,6 +60,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ssald_desktop.core.errors import DataFileError, SsaldError
+from ssald_desktop.core.progress import run_to_end
 
 __all__ = [
     "ArraySet",
@@ -1047,10 +1048,4 @@ def encode(source: str | Path, store: EmbeddingStore | str | Path, encoder: str 
 def run_encode(gen: Generator[EncodeProgress, None, dict[str, Any]],
                callback: Any = None) -> dict[str, Any]:
     """Drive an encoding generator to the end; ``callback(progress)`` after each step."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(p)
+    return run_to_end(gen, callback)

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from ssald_desktop.core.errors import DataFileError, InvalidQueryError, SsaldError
+from ssald_desktop.core.progress import run_to_end
 
 __all__ = [
     "DEFAULT_K",
@@ -643,13 +644,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *,
 def run_build(gen: Generator[IndexProgress, None, SimilarityIndex],
               callback: Any = None) -> SimilarityIndex:
     """Drive a build generator to the end; ``callback(progress)`` after each step."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(p)
+    return run_to_end(gen, callback)
 
 
 # --------------------------------------------------------------------------------------------
