@@ -25,6 +25,12 @@ COMMAND_MODULES = (
     "sources",
     "mine",
     "search",
+    "evidence",
+    "crossmatch",
+    "labels",
+    "active",
+    "train",
+    "runs",
     "bench",
 )
 

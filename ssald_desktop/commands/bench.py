@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
+#: Further benchmarks, each a module ``ssald_desktop.commands.bench_<name>`` exposing
+#: ``register_bench(bench_subparsers)``; a module not written yet in a checkout is skipped.
+EXTRA_BENCH_MODULES = ("nuclei", "active_learning", "gui", "launch")
 
-def _write(result: dict, path: str | None) -> None:
+
+def write_json(result: dict, path: str | None) -> None:
+    """Write a benchmark's figures to PATH as JSON when PATH is given."""
     if path:
         Path(path).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
@@ -25,7 +31,7 @@ def _cutouts(args: argparse.Namespace) -> int:
         f"baseline {r['baseline_cutouts_per_s']:.0f}/s, ratio {r['ratio_vs_baseline']:.1f}x; "
         f"goal {r['goal_cutouts_per_s']}/s {'met' if r['meets_goal'] else 'NOT met'}"
     )
-    _write(r, args.json)
+    write_json(r, args.json)
     return 0
 
 
@@ -34,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
 
     r = bench_train(args.preset, args.size, args.batch, args.steps)
     print(summary(r))
-    _write(r, args.json)
+    write_json(r, args.json)
     return 0
 
 
@@ -45,7 +51,7 @@ def _retrieval(args: argparse.Namespace) -> int:
         args.images, args.labels, positive=args.positive, k=args.k, encoder_path=args.encoder
     )
     print(retrieval_summary(r))
-    _write(r, args.json)
+    write_json(r, args.json)
     return 0
 
 
@@ -63,7 +69,7 @@ def _search(args: argparse.Namespace) -> int:
         force=args.force,
     )
     print(search_summary(r))
-    _write(r, args.json)
+    write_json(r, args.json)
     return 0
 
 
@@ -111,3 +117,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--force", action="store_true", help="run even past the memory estimate")
     q.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     q.set_defaults(func=_search)
+    for name in EXTRA_BENCH_MODULES:
+        try:
+            module = importlib.import_module(f"ssald_desktop.commands.bench_{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ssald_desktop.commands.bench_{name}":
+                continue
+            raise
+        module.register_bench(bsub)
