@@ -23,6 +23,10 @@ from ssald_desktop import __version__
 RESOURCES_DIR = Path(__file__).resolve().parents[1] / "resources"
 #: The bundled sample field opened when no paths are given.
 SAMPLE_FIELD_DIR = RESOURCES_DIR / "sample" / "frames" / "2820-3-122"
+#: The bundled sample survey's similarity index (its galaxies, the default encoder).
+SAMPLE_INDEX_DIR = RESOURCES_DIR / "sample" / "index"
+#: Spectra of objects in the sample field.
+SAMPLE_SPECTRA_DIR = RESOURCES_DIR / "sample" / "spectra"
 
 #: Environment variable: quit this many milliseconds after start (start-up tests, demos).
 QUIT_AFTER_ENV = "SSALD_QUIT_AFTER_MS"
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MS",
         help=f"quit after MS milliseconds (for start-up tests; also ${QUIT_AFTER_ENV})",
+    )
+    parser.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="start with no field open (default: open the bundled sample field)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -137,11 +146,16 @@ def create_app(argv: Sequence[str] | None = None):
     from ssald_desktop.settings import Settings
     from ssald_desktop.ui.main_window import MainWindow
 
-    window = MainWindow(Settings(), sample_field=SAMPLE_FIELD_DIR)
+    window = MainWindow(
+        Settings(),
+        sample_field=SAMPLE_FIELD_DIR,
+        sample_index=SAMPLE_INDEX_DIR,
+        spectra_dirs=[SAMPLE_SPECTRA_DIR],
+    )
     window.show()
     if args.paths:
         window.open_field(args.paths[0] if len(args.paths) == 1 else args.paths)
-    else:
+    elif not args.no_sample:
         window.open_field(SAMPLE_FIELD_DIR)
     _register_exit_wait(window)
     quit_ms = _quit_after(args)

@@ -43,8 +43,13 @@ KEY_CACHE_DIR = "paths/cache_dir"
 KEY_SDSS_TIMEOUT = "sdss/timeout_s"
 KEY_NORM_SPEC = "cutouts/norm_spec"
 KEY_LAST_FIELD = "session/last_field"
+KEY_SEARCH_INDEX = "search/index"
+KEY_SEARCH_K = "search/k"
 KEY_GEOMETRY = "window/geometry"
 KEY_STATE = "window/state"
+
+#: Results shown for a query.
+DEFAULT_SEARCH_K = 20
 
 #: SDSS request timeout in seconds.
 DEFAULT_SDSS_TIMEOUT_S = 15.0
@@ -245,6 +250,30 @@ class Settings:
     def set_last_field(self, paths: list[str] | tuple[str, ...]) -> None:
         """Store the last field opened."""
         self._set(KEY_LAST_FIELD, [str(p) for p in paths])
+
+    def search_index(self) -> str | None:
+        """The embedding store folder searched by the query panel (None: the bundled one)."""
+        raw = self._get(KEY_SEARCH_INDEX)
+        return raw if isinstance(raw, str) and raw else None
+
+    def set_search_index(self, folder: str | Path | None) -> None:
+        """Store the searched index folder (None goes back to the bundled sample index)."""
+        self._set(KEY_SEARCH_INDEX, "" if folder is None else str(folder))
+
+    def search_k(self) -> int:
+        """How many results a query shows (1 to 1000)."""
+        raw = self._get(KEY_SEARCH_K)
+        try:
+            k = int(raw) if raw is not None else DEFAULT_SEARCH_K
+        except (TypeError, ValueError):
+            log.warning("settings: results per query %r is not a number; using %d", raw,
+                        DEFAULT_SEARCH_K)
+            return DEFAULT_SEARCH_K
+        return k if 1 <= k <= 1000 else DEFAULT_SEARCH_K
+
+    def set_search_k(self, k: int) -> None:
+        """Store how many results a query shows."""
+        self._set(KEY_SEARCH_K, int(k))
 
     def _bytes(self, key: str) -> QByteArray | None:
         raw = self._get(key)

@@ -202,11 +202,11 @@ def encoder_info(path: str | Path, verify: bool = True) -> EncoderInfo:
 
 
 def load_encoder_checked(info: EncoderInfo) -> Any:
-    """Load the Keras encoder (``safe_mode=True``); imports TensorFlow."""
+    """Load the Keras encoder (``safe_mode=True``) on the TensorFlow thread."""
     from model.export import load_encoder
 
     try:
-        enc, _card = load_encoder(info.path)
+        enc, _card = on_tf_thread(load_encoder, info.path)
     except (OSError, ValueError) as exc:
         raise DataFileError(f"{info.path}: cannot load the encoder ({exc})") from exc
     return enc
@@ -289,6 +289,11 @@ def prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
     ndarray
         float32 ``(N, input_size, input_size, C)``.
     """
+    return on_tf_thread(_prepare_images, raw, scaling, input_size)
+
+
+def _prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
+                    input_size: int) -> np.ndarray:
     import tensorflow as tf
 
     from model.data import apply_scaling
@@ -308,8 +313,35 @@ def prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
         (0, input_size, input_size, 1), np.float32)
 
 
+_TF_THREAD: Any = None
+
+
+def on_tf_thread(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``func`` on the one long-lived thread that runs this process's TensorFlow work.
+
+    The GUI runs encoding and queries in Qt's pooled worker threads, which come and go; a Keras
+    model loaded on one of them and called from others crashed TensorFlow (a segmentation
+    fault in the eager call) in the GUI tests. Keeping model loading, preprocessing and
+    inference on a single thread avoids it; callers simply block until it is done.
+    """
+    global _TF_THREAD
+    import threading
+
+    if threading.current_thread().name.startswith("ssald-tf"):
+        return func(*args, **kwargs)
+    if _TF_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TF_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssald-tf")
+    return _TF_THREAD.submit(func, *args, **kwargs).result()
+
+
 def embed_prepared(encoder: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run the encoder on prepared images; float32 ``(N, dim)``."""
+    """Run the encoder on prepared images; float32 ``(N, dim)`` (on the TensorFlow thread)."""
+    return on_tf_thread(_embed_prepared, encoder, x, batch_size)
+
+
+def _embed_prepared(encoder: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     import tensorflow as tf
 
     out = []
@@ -791,6 +823,74 @@ class EmbeddingStore:
         """Row of an object id, or None."""
         r = self._db.execute("SELECT row FROM objects WHERE id = ?", (str(object_id),)).fetchone()
         return None if r is None or r[0] >= self.count else int(r[0])
+
+    def nearest_object(self, ra: float, dec: float, radius_arcsec: float = 1.0) -> str | None:
+        """Id of the stored object nearest to (RA, Dec) within a radius, or None.
+
+        A box query on the object table, then the exact angular separation (haversine) of the
+        few rows inside it.
+        """
+        if not (math.isfinite(ra) and math.isfinite(dec)) or radius_arcsec <= 0:
+            return None
+        r = radius_arcsec / 3600.0
+        dra = r / max(math.cos(math.radians(dec)), 1e-6)
+        recs = self._db.execute(
+            "SELECT id, ra, dec FROM objects WHERE row < ? AND dec BETWEEN ? AND ? AND "
+            "((ra BETWEEN ? AND ?) OR (ra BETWEEN ? AND ?) OR (ra BETWEEN ? AND ?))",
+            (self.count, dec - r, dec + r, ra - dra, ra + dra, ra - dra + 360, ra + dra + 360,
+             ra - dra - 360, ra + dra - 360)).fetchall()
+        best, best_sep = None, math.inf
+        for object_id, ra2, dec2 in recs:
+            d1, d2 = math.radians(dec), math.radians(dec2)
+            h = (math.sin((d2 - d1) / 2) ** 2
+                 + math.cos(d1) * math.cos(d2) * math.sin(math.radians(ra2 - ra) / 2) ** 2)
+            sep = math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600
+            if sep <= radius_arcsec and sep < best_sep:
+                best, best_sep = str(object_id), sep
+        return best
+
+    def source_path(self, source: str) -> Path:
+        """A stored source as a path: relative sources are relative to the store folder.
+
+        A bundled store (e.g. the sample survey's) records its sources relative to itself, so
+        that it works wherever it is installed.
+        """
+        p = Path(source)
+        return p if p.is_absolute() else self.path / p
+
+    def object_images(self, ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The stored objects' pictures as 8-bit RGB, row 0 at the top (for thumbnails).
+
+        Read from their sources: image files are decoded, HDF5 shard rows give their ``rgb``
+        composite (flipped from FITS order). ``None`` for an object whose source is gone, is
+        in memory only (an :class:`ArraySet`) or has no colour picture; unknown ids too.
+        """
+        out: list[np.ndarray | None] = []
+        for object_id in ids:
+            row = self.row_of(object_id)
+            obj = self.objects([row])[0] if row is not None else None
+            out.append(None if obj is None else self._object_image(obj))
+        return out
+
+    def _object_image(self, obj: dict[str, Any]) -> np.ndarray | None:
+        if not obj.get("source"):
+            return None
+        path = self.source_path(str(obj["source"]))
+        try:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                img = read_image(path, 3)
+                return np.ascontiguousarray(img.astype(np.uint8))
+            if path.suffix.lower() in (".h5", ".hdf5"):
+                import h5py
+
+                with h5py.File(path, "r") as h:
+                    if "rgb" not in h:
+                        return None
+                    img = np.asarray(h["rgb"][int(obj["item"])])
+                return np.ascontiguousarray(img[::-1])  # FITS order -> top-down
+        except (OSError, DataFileError, KeyError, IndexError, ValueError):
+            return None
+        return None
 
     def objects(self, rows: Iterable[int]) -> list[dict[str, Any]]:
         """Table rows (id, ra, dec, source, item, signature, normspec, encoder) in order."""

@@ -291,6 +291,8 @@ class Searcher:
         """The store's encoder (checked against the store's encoder id)."""
         if self._info is None:
             path = self._encoder_path or self.header.get("encoder_path")
+            if path and not Path(path).is_absolute() and self._encoder_path is None:
+                path = str(self.folder / path)  # a bundled store names it relative to itself
             if not path or not Path(path).exists():
                 raise DataFileError(f"{path}: the encoder that made the index at {self.folder} "
                                     "is missing; give its path (--encoder)")
@@ -479,7 +481,8 @@ class Searcher:
                negative_files: Sequence[str | Path] = (), negative_objects: Sequence[str] = (),
                k: int = 20, combine: str = "mean",
                negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
-               cutouts: Sequence[Any] = ()) -> SearchResult:
+               cutouts: Sequence[Any] = (),
+               negative_cutouts: Sequence[Any] = ()) -> SearchResult:
         """Search with positive examples (files and/or object ids) and optional negatives.
 
         Parameters
@@ -497,6 +500,8 @@ class Searcher:
         cutouts : sequence of Cutout
             Further positives: cutouts of a frame set at a position (see
             :meth:`embed_cutouts`).
+        negative_cutouts : sequence of Cutout
+            Further negatives, cut the same way.
 
         Returns
         -------
@@ -529,7 +534,8 @@ class Searcher:
             raise InvalidQueryError(f"k={k} is larger than the index at {self.index.path} "
                                     f"({n} vectors{less})")
         pos = self.embed_objects(objects) + self.embed_files(files) + self.embed_cutouts(cutouts)
-        neg = self.embed_objects(negative_objects) + self.embed_files(negative_files)
+        neg = (self.embed_objects(negative_objects) + self.embed_files(negative_files)
+               + self.embed_cutouts(negative_cutouts))
         pool = k + len(excluded)
         if neg:
             pool = max(pool, 4 * k, k + 100)

@@ -32,10 +32,12 @@ from PySide6.QtWidgets import (
 )
 
 from ssald_desktop import __version__
+from ssald_desktop.core.child import ChildProcess
 from ssald_desktop.core.cutouts import CutoutEngine, NormSpec
 from ssald_desktop.core.errors import SsaldError
 from ssald_desktop.core.frames import FrameSet, open_frame_set, parse_frame_name
 from ssald_desktop.core.render import field_rgb_iter
+from ssald_desktop.core.tf_work import WARM_MODULES as TF_WARM_MODULES
 from ssald_desktop.settings import Settings
 from ssald_desktop.ui.cutout_panel import CutoutPanel
 from ssald_desktop.ui.field_view import FieldView
@@ -46,6 +48,8 @@ from ssald_desktop.ui.galaxy_table import (
     format_dec,
     format_ra,
 )
+from ssald_desktop.ui.query_panel import QueryPanel, is_query_file
+from ssald_desktop.ui.spectrum_view import SpectrumView
 from ssald_desktop.ui.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,12 @@ FRAME_FILTER = (
 )
 
 Source = str | Path | Sequence[str | Path]
+
+#: Modules the detection helper process imports at start.
+DETECTION_MODULES = ("ssald_desktop.core.sources", "photutils.segmentation",
+                     "photutils.background", "astropy.convolution")
+SPECTRUM_FILTER = "SDSS spectra (spec-*.fits spPlate-*.fits *.fits);;All files (*)"
+QUERY_FILTER = "Query images (*.png *.jpg *.jpeg *.fits *.fit *.fits.gz);;All files (*)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,14 +136,21 @@ def load_field(source: Source, spec: NormSpec) -> Generator[Any, None, FieldData
     return FieldData(name=name, source=paths, frame_set=frame_set, rgb=rgb, engine=engine)
 
 
-def detect_field_galaxies(frame_set: FrameSet, band: str) -> Generator[Any, None, Any]:
-    """Offline galaxy detection of one band (a worker generator yielding progress)."""
+def detect_field_galaxies(frame_set: FrameSet, band: str,
+                          child: ChildProcess | None = None) -> Generator[Any, None, Any]:
+    """Offline galaxy detection of one band (a worker generator yielding progress).
+
+    With ``child``, the detection runs in that helper process (photutils holds the GIL for
+    long stretches; in a thread it would stall the GUI), given only the one band it needs.
+    """
     from ssald_desktop.core import sources
 
-    if hasattr(sources, "detect_sources_iter"):
+    if child is None:
         return (yield from sources.detect_sources_iter(frame_set, band))
-    yield (0, 1, "Detecting galaxies\u2026")
-    return sources.detect_galaxies(frame_set, band)
+    yield (0, 1, f"Detecting the sources of the {band} band (helper process)\u2026")
+    one_band = FrameSet({band: frame_set[band]},
+                        psf={band: frame_set.psf[band]} if band in frame_set.psf else None)
+    return (yield from child.call(sources.detect_galaxies, one_band, band))
 
 
 def sources_unavailable() -> str | None:
@@ -145,6 +162,78 @@ def sources_unavailable() -> str | None:
     if not hasattr(sources, "detect_galaxies"):
         return "ssald_desktop.core.sources has no detect_galaxies()"
     return None
+
+
+def fibre_of(path: Path) -> tuple[float, float, float] | None:
+    """(RA, Dec, diameter in arcsec) of a spectrum's fibre: 3\u2033 SDSS, 2\u2033 BOSS."""
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(path, 0)
+        ra, dec = float(header["PLUG_RA"]), float(header["PLUG_DEC"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    boss = int(header.get("PLATEID", header.get("PLATE", 0)) or 0) >= 3509
+    return ra, dec, 2.0 if boss else 3.0
+
+
+class LocalSpectra:
+    """SDSS spectrum files in local folders, found by position (their plug RA/Dec).
+
+    Folders are scanned on first use (primary headers only; a few ms per file). spPlate files
+    hold many fibres and are not matched by position.
+    """
+
+    def __init__(self, folders: Sequence[str | Path]):
+        self.folders = [Path(f) for f in folders]
+        self._entries: list[tuple[float, float, Path]] | None = None
+
+    def _scan(self) -> list[tuple[float, float, Path]]:
+        from astropy.io import fits
+
+        entries = []
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("spec-*.fits")):
+                try:
+                    header = fits.getheader(path, 0)
+                    ra, dec = float(header["PLUG_RA"]), float(header["PLUG_DEC"])
+                except (OSError, KeyError, ValueError, TypeError) as exc:
+                    log.warning("spectrum %s has no usable plug position: %s", path, exc)
+                    continue
+                entries.append((ra, dec, path))
+        return entries
+
+    def find(self, ra: float, dec: float, radius_arcsec: float = 2.0) -> Path | None:
+        """The spectrum whose fibre lies nearest (RA, Dec) within ``radius_arcsec``."""
+        if self._entries is None:
+            self._entries = self._scan()
+        best, best_sep = None, radius_arcsec
+        cosd = np.cos(np.radians(dec))
+        for ra2, dec2, path in self._entries:
+            sep = 3600.0 * float(np.hypot((ra2 - ra) * cosd, dec2 - dec))
+            if sep <= best_sep:
+                best, best_sep = path, sep
+        return best
+
+
+def classify_drop(paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """Sort dropped paths into (field, spectra, query images, unknown) by name and kind."""
+    field, spectra, queries, unknown = [], [], [], []
+    for p in paths:
+        name = p.name.lower()
+        if p.is_dir() or parse_frame_name(p.name) is not None:
+            field.append(p)
+        elif name.startswith(("fpm-", "psfield-")):
+            field.append(p)
+        elif name.startswith(("spec-", "spplate-")) and ".fit" in name:
+            spectra.append(p)
+        elif is_query_file(p):
+            queries.append(p)
+        else:
+            unknown.append(p)
+    return field, spectra, queries, unknown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,10 +266,24 @@ class MainWindow(QMainWindow):
     galaxies_loaded = Signal(int)
     error_shown = Signal(str)
 
-    def __init__(self, settings: Settings | None = None, sample_field: str | Path | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        sample_field: str | Path | None = None,
+        sample_index: str | Path | None = None,
+        spectra_dirs: Sequence[str | Path] = (),
+    ):
         super().__init__()
         self.settings = settings or Settings()
         self.sample_field = Path(sample_field) if sample_field is not None else None
+        self.sample_index = Path(sample_index) if sample_index is not None else None
+        self.spectra = LocalSpectra(spectra_dirs)
+        # photutils detection runs in a helper process; start it now so that its imports
+        # are warm by the time the first field is read.
+        self.child = ChildProcess(warm=DETECTION_MODULES)
+        self.child.start()
+        # TensorFlow work (queries, encoding) runs in a second helper, started on first use.
+        self.tf_child = ChildProcess(warm=TF_WARM_MODULES)
         self.spec = self.settings.norm_spec()
         self.tasks = TaskRunner(self)
         self.field: FieldData | None = None
@@ -210,7 +313,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.field_view)
 
     def _build_docks(self) -> None:
-        self.cutout_panel = CutoutPanel()
+        self.cutout_panel = CutoutPanel(spec=self.spec)
+        self.cutout_panel.spec_changed.connect(self._display_spec_changed)
         self.cutout_dock = QDockWidget("Selected object", self)
         self.cutout_dock.setObjectName("CutoutDock")
         self.cutout_dock.setWidget(self.cutout_panel)
@@ -237,8 +341,37 @@ class MainWindow(QMainWindow):
         self.table_dock.setObjectName("GalaxyDock")
         self.table_dock.setWidget(self.table)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.table_dock)
-        self.resizeDocks([self.cutout_dock], [440], Qt.Orientation.Horizontal)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._table_menu)
+
+        index = self.settings.search_index() or (
+            str(self.sample_index) if self.sample_index is not None else "")
+        self.query_panel = QueryPanel(self.tasks, index, k=self.settings.search_k(),
+                                      child=self.tf_child)
+        self.query_panel.error.connect(self.show_error)
+        self.query_panel.result_activated.connect(self.show_hit)
+        self.query_panel.index_changed.connect(self.settings.set_search_index)
+        self.query_dock = QDockWidget("Query by image", self)
+        self.query_dock.setObjectName("QueryDock")
+        self.query_dock.setWidget(self.query_panel)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.query_dock)
+
+        self.spectrum_view = SpectrumView()
+        self.spectrum_view.loadFailed.connect(lambda msg: self.show_error("Spectrum", msg))
+        self.spectrum_view.loaded.connect(self._spectrum_loaded)
+        self.spectrum_dock = QDockWidget("Spectrum", self)
+        self.spectrum_dock.setObjectName("SpectrumDock")
+        self.spectrum_dock.setWidget(self.spectrum_view)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.spectrum_dock)
+
+        self.cutout_panel.more_like_this.connect(self.more_like_selected)
+        self.resizeDocks([self.cutout_dock, self.query_dock], [440, 360],
+                         Qt.Orientation.Horizontal)
         self.resizeDocks([self.cutout_dock, self.table_dock], [330, 520], Qt.Orientation.Vertical)
+        self.resizeDocks([self.spectrum_dock], [210], Qt.Orientation.Vertical)
+        # The query panel runs the window's full height; the spectrum spans the rest.
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -276,6 +409,14 @@ class MainWindow(QMainWindow):
         self.reopen_action.triggered.connect(self.reopen_last_field)
         file_menu.addAction(self.reopen_action)
         file_menu.addSeparator()
+        self.open_spectrum_action = QAction("Open a s&pectrum\u2026", self)
+        self.open_spectrum_action.triggered.connect(self.open_spectrum_dialog)
+        file_menu.addAction(self.open_spectrum_action)
+        self.query_action = QAction("&Query by image\u2026", self)
+        self.query_action.setShortcut(QKeySequence("Ctrl+F"))
+        self.query_action.triggered.connect(self.query_dialog)
+        file_menu.addAction(self.query_action)
+        file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
@@ -295,6 +436,8 @@ class MainWindow(QMainWindow):
         view_menu.addSeparator()
         view_menu.addAction(self.cutout_dock.toggleViewAction())
         view_menu.addAction(self.table_dock.toggleViewAction())
+        view_menu.addAction(self.query_dock.toggleViewAction())
+        view_menu.addAction(self.spectrum_dock.toggleViewAction())
 
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About SSALD desktop", self)
@@ -381,6 +524,7 @@ class MainWindow(QMainWindow):
             detect_field_galaxies,
             data.frame_set,
             band,
+            self.child,
             on_result=lambda table: self._galaxies_ready(table, generation),
             on_error=lambda exc: self._detection_failed(exc, generation),
         )
@@ -489,7 +633,149 @@ class MainWindow(QMainWindow):
                 f"No cutout: {exc}<br>RA {format_ra(g.ra[index])} Dec {format_dec(g.dec[index])}",
             )
             return
-        self.cutout_panel.show_cutout(cut, title, ", ".join(details))
+        spec_path = self._show_spectrum_for(float(g.ra[index]), float(g.dec[index]))
+        fibre = None
+        if spec_path is not None:
+            fibre = fibre_of(spec_path)
+            details.append(f"spectrum {spec_path.name}")
+        self.cutout_panel.show_cutout(cut, title, ", ".join(details), fibre=fibre)
+
+    # -- query, spectra and drops -------------------------------------------------------
+    def open_paths(self, paths: Sequence[str | Path]) -> None:
+        """Open dropped or given paths, each where it belongs.
+
+        Frames (or a field folder) open a field, spec files the spectrum view, images
+        (FITS/PNG/JPEG) become query examples; anything else is reported.
+        """
+        field, spectra, queries, unknown = classify_drop([Path(p) for p in paths])
+        if unknown:
+            names = ", ".join(str(p) for p in unknown[:3])
+            self.show_error("Cannot open", f"{names}: not a field folder, frame, spectrum or "
+                            "query image (FITS, PNG or JPEG)")
+        if field:
+            self.open_field(field[0] if len(field) == 1 else field)
+        if spectra:
+            self.spectrum_dock.show()
+            self.spectrum_view.load_file(spectra[0])
+        if queries:
+            self.query_dock.show()
+            self.query_dock.raise_()
+            self.query_panel.add_files([str(p) for p in queries])
+
+    @Slot()
+    def open_spectrum_dialog(self) -> None:
+        """Ask for a spectrum file and show it."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open an SDSS spectrum", self._start_dir(),
+                                              SPECTRUM_FILTER)
+        if path:
+            self.spectrum_dock.show()
+            self.spectrum_view.load_file(path)
+
+    @Slot()
+    def query_dialog(self) -> None:
+        """Ask for query images and search with them."""
+        files, _ = QFileDialog.getOpenFileNames(self, "Query by image", self._start_dir(),
+                                                QUERY_FILTER)
+        if files:
+            self.query_dock.show()
+            self.query_panel.add_files(files)
+
+    def _table_menu(self, pos: Any) -> None:
+        from PySide6.QtWidgets import QMenu
+
+        index = self.table.indexAt(pos)
+        if not index.isValid():
+            return
+        galaxy = self.proxy.mapToSource(index).row()
+        self.select_galaxy(galaxy)
+        menu = QMenu(self)
+        menu.addAction("More like this", lambda: self.more_like_selected(False))
+        menu.addAction("Less like this (add as negative)", lambda: self.more_like_selected(True))
+        menu.exec(self.table.viewport().mapToGlobal(pos))
+
+    @Slot()
+    @Slot(bool)
+    def more_like_selected(self, negative: bool = False) -> None:
+        """Add the selected galaxy to the query's positives (or negatives) and search."""
+        index = self._selected
+        if index is None or self.field is None:
+            self.show_error("More like this", "Select a galaxy first (click a marker or a row).")
+            return
+        g = self.galaxies
+        cut = self.cutout_panel.cutout
+        thumb = np.ascontiguousarray(cut.rgb()[::-1]) if cut is not None else None
+        self.query_dock.show()
+        self.query_dock.raise_()
+        if not negative:
+            self.query_panel.positives.clear_examples()
+            self.query_panel.negatives.clear_examples()
+        self.query_panel.add_position(
+            float(g.ra[index]), float(g.dec[index]), self.field.frame_set,
+            f"{self.field.name} #{int(g.ids[index])}", thumb, negative=negative)
+
+    @Slot(object)
+    def _spectrum_loaded(self, spectrum: Any) -> None:
+        """A spectrum is shown: its redshift gives the cutout's scale bar kpc."""
+        cut = self.cutout_panel.cutout
+        if cut is None or spectrum.ra is None or spectrum.z is None:
+            return
+        cosd = np.cos(np.radians(cut.dec))
+        sep = 3600.0 * np.hypot((spectrum.ra - cut.ra) * cosd, spectrum.dec - cut.dec)
+        if sep < 3.0 and spectrum.z > 0:
+            self.cutout_panel.set_redshift(float(spectrum.z))
+
+    @Slot(object)
+    def _display_spec_changed(self, spec: NormSpec) -> None:
+        """The cutout panel's NormSpec changed: keep it, and re-cut when the size changed."""
+        resized = spec.output_size != self.spec.output_size or spec.size != self.spec.size
+        self.spec = spec
+        self.settings.set_norm_spec(spec)
+        if not resized or self.field is None:
+            return
+        field = self.field
+
+        def new_engine() -> CutoutEngine:
+            engine = CutoutEngine(field.frame_set, spec)
+            engine.cut(field.frame_set.centre())  # fill the caches here, not in the GUI
+            return engine
+
+        def ready(engine: CutoutEngine) -> None:
+            if self.field is field and self.spec == spec:
+                field.engine = engine
+                if self._selected is not None:
+                    self._show_selected(self._selected)
+
+        self.tasks.run("cutout size", new_engine, on_result=ready,
+                       on_error=lambda exc: self.show_error("Cutout", self._describe_error(exc)))
+
+    @Slot(object)
+    def show_hit(self, hit: Any) -> None:
+        """Show a search result: select it when it is a galaxy of the open field."""
+        if self.field is not None and np.isfinite(hit.ra) and len(self.galaxies):
+            g = self.galaxies
+            cosd = np.cos(np.radians(hit.dec))
+            sep = 3600.0 * np.hypot((g.ra - hit.ra) * cosd, g.dec - hit.dec)
+            best = int(np.argmin(sep))
+            if sep[best] < 2.0:
+                self.select_galaxy(best)
+                return
+        where = (f"RA {format_ra(hit.ra)} Dec {format_dec(hit.dec)}" if np.isfinite(hit.ra)
+                 else "no sky position recorded")
+        self.statusBar().showMessage(
+            f"Result {hit.id} ({where}) is not in the open field; source {hit.source}", 15000)
+
+    def _show_spectrum_for(self, ra: float, dec: float) -> Path | None:
+        path = self.spectra.find(ra, dec)
+        if path is not None:
+            if self.spectrum_view.property("ssald_path") != str(path):
+                self.spectrum_view.setProperty("ssald_path", str(path))
+                self.spectrum_view.load_file(path)
+        else:
+            self.spectrum_view.setProperty("ssald_path", "")
+            self.spectrum_view.show_message(
+                "No spectrum of this object in the local spectra (File \u25b8 Open a spectrum, "
+                "or drop an SDSS spec file here).")
+        return path
 
     # -- status bar ----------------------------------------------------------------------
     @Slot(float, float)
@@ -640,7 +926,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         event.acceptProposedAction()
-        self.open_field(paths[0] if len(paths) == 1 else paths)
+        self.open_paths(paths)
 
     # -- window --------------------------------------------------------------------------
     def field_name(self) -> str | None:
@@ -658,6 +944,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: D102
         self.tasks.cancel_all()
+        self.child.close()
+        self.tf_child.close()
         self.settings.set_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         super().closeEvent(event)

@@ -7,7 +7,8 @@ connected to a slot of a :class:`Task`, a QObject created in the GUI thread, so 
 call into the GUI thread's event loop (a signal connected to a lambda or a plain function would
 run in the worker thread and must not touch widgets).
 
-Cancelling: a generator task stops at its next ``yield`` (superqt's ``quit()``); a plain function
+Cancelling: a generator task stops at its next ``yield`` (superqt's ``quit()``) and is then
+closed, so its ``finally`` clauses run at once; a plain function
 cannot be interrupted from outside, so its result is simply discarded when it arrives. Either
 way no callback of a cancelled task is called again.
 
@@ -18,6 +19,7 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +30,15 @@ from superqt.utils import create_worker
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Any], None]
+
+
+def _close_generator(worker: Any) -> None:
+    gen = getattr(worker, "_gen", None)  # superqt's GeneratorWorker keeps it there
+    if gen is not None:
+        try:
+            gen.close()
+        except (ValueError, RuntimeError) as exc:  # still running, or ignored GeneratorExit
+            log.warning("could not close a cancelled task's generator: %s", exc)
 
 
 class Task(QObject):
@@ -173,6 +184,10 @@ class TaskRunner(QObject):
         worker.finished.connect(task._finished)
         if hasattr(worker, "yielded"):
             worker.yielded.connect(task._yielded)
+            # Runs in the worker thread once its loop has ended (a plain callable, no thread
+            # affinity): a generator stopped by quit() is closed there, so that its cleanup
+            # (e.g. stopping a helper process) runs now rather than whenever it is collected.
+            worker.finished.connect(functools.partial(_close_generator, worker))
         task.ended.connect(self._task_ended)
         was_busy = self.is_busy()
         self._tasks.append(task)

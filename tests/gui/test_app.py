@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QEventLoop, QMimeData, QPointF, QSettings, Qt, QThread, QUrl
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QThread, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtTest import QTest
 
@@ -37,16 +37,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def _wait(app, predicate, timeout_s: float, what: str) -> None:
-    """Process events until ``predicate()`` (no qtbot in module-scoped fixtures)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
-        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,33 +103,6 @@ def test_startup_env_var_quit_and_bad_path(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the main window on the sample field (shared)
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def window(qapp, tmp_path_factory):
-    from PySide6.QtCore import QThreadPool
-
-    from ssald_desktop.app import create_app
-
-    config = tmp_path_factory.mktemp("gui-config")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SSALD_CONFIG_DIR", str(config))
-        mp.setenv("SSALD_CACHE_DIR", str(config / "cache"))
-        app, win = create_app([])
-        assert app is qapp  # an existing QApplication is reused
-        loaded: list[str] = []
-        galaxies: list[int] = []
-        win.field_loaded.connect(loaded.append)
-        win.galaxies_loaded.connect(galaxies.append)
-        assert win.isVisible()
-        assert FIELD in win.windowTitle()
-        _wait(app, lambda: bool(loaded) and bool(galaxies), LOAD_TIMEOUT_S, "field + galaxies")
-        win.loaded_names = loaded  # type: ignore[attr-defined]
-        yield win
-        win.close()
-        QThreadPool.globalInstance().waitForDone(120_000)
-        win.deleteLater()
-        app.processEvents()
 
 
 def test_window_title_and_field_image(window):
