@@ -156,3 +156,160 @@ def finetune_encoder(
     joint.fit(images, y, batch_size=batch_size, epochs=epochs, verbose=0,
               class_weight=balanced_class_weight(y, len(classes)))
     return encoder, head
+
+
+# --------------------------------------------------------------------------------------------
+# The background fine-tuning process: python -m model.finetune --data train.npz --out DIR
+# --------------------------------------------------------------------------------------------
+
+CARD_FORMAT = "ssald-head-card"
+
+
+def _load_pictures(files: Sequence[str], scaling: dict[str, Any], size: int) -> np.ndarray:
+    """Decode PNG/JPEG files, centre-crop to a square, scale and resize as the encoder's data.
+
+    The same steps as ``ssald_desktop.core.embeddings.prepare_images`` (model must not import
+    the desktop package): the card's pixel scaling, then an antialiased bilinear resize.
+    """
+    import tensorflow as tf
+    from PIL import Image
+
+    from model.data import apply_scaling
+
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            a = np.asarray(im.convert("RGB"), np.float32)
+        h, w = a.shape[:2]
+        s = min(h, w)
+        a = a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        x = np.asarray(apply_scaling(a, scaling), np.float32)
+        if x.shape[0] != size:
+            x = tf.image.resize(x[None], (size, size), antialias=True).numpy()[0]
+        out.append(x)
+    return np.stack(out).astype(np.float32)
+
+
+def run_finetune(data: str, out: str, mode: str = "head", encoder: str | None = None,
+                 epochs: int | None = None, hidden: int = 0, top_layers: int = 10,
+                 seed: int = 0) -> dict[str, Any]:
+    """Fit a head (and optionally the encoder's top) on labelled embeddings; write the outputs.
+
+    Parameters
+    ----------
+    data : str
+        ``.npz`` with ``ids``, ``vectors`` (N, d), ``labels`` (N; ``positive``/``negative``),
+        ``original`` (the label store's labels), ``sources`` (image files, encoder mode) and
+        ``meta`` (JSON: encoder id, positive labels).
+    out : str
+        Output folder: ``head.keras``, ``head.card.json`` and, in encoder mode, the exported
+        ``encoder.keras`` with its model card (``reembed`` is then true in the head card: the
+        pool must be encoded again and its index rebuilt before the head applies).
+    mode : {"head", "encoder"}
+        Head only (default) or the encoder's top ``top_layers`` weight layers too.
+    encoder : str, optional
+        The exported encoder (encoder mode).
+    epochs, hidden, top_layers, seed
+        Training settings (epochs default: 200 for the head, 5 for the encoder).
+
+    Returns
+    -------
+    dict
+        The card written to ``head.card.json``.
+    """
+    import hashlib
+    import json
+    import time
+    from pathlib import Path
+
+    t0 = time.time()
+    d = np.load(data, allow_pickle=False)
+    meta = json.loads(str(d["meta"]))
+    vectors = np.asarray(d["vectors"], np.float32)
+    labels = np.asarray(d["labels"]).astype(str)
+    classes = ["positive", "negative"]
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    new_encoder_id = None
+    if mode == "head":
+        head = train_head(vectors, labels, classes, hidden=hidden, epochs=epochs or 200,
+                          seed=seed)
+    elif mode == "encoder":
+        from model.export import load_encoder
+
+        if not encoder:
+            raise ValueError("encoder mode needs --encoder")
+        enc, card = load_encoder(encoder)
+        size = int(card.get("architecture", {}).get("input_size")
+                   or card["input"]["shape"][0])
+        images = _load_pictures([str(s) for s in d["sources"]], card["input"]["scaling"], size)
+        keras.utils.set_random_seed(seed)
+        enc, head = finetune_encoder(enc, images, labels, classes, top_layers=top_layers,
+                                     epochs=epochs or 5)
+        from model.export import export_encoder, file_sha256
+
+        export_encoder(enc, outdir / "encoder.keras", normspec=card.get("normspec"),
+                       scaling=card["input"]["scaling"], data=card.get("data"),
+                       config={"finetune": {"parent_encoder_sha256": card.get("encoder_sha256"),
+                                            "top_layers": top_layers, "epochs": epochs or 5,
+                                            "labels": int(len(labels))}},
+                       notes=f"fine-tuned from encoder {str(card.get('encoder_sha256'))[:12]} "
+                             f"on {len(labels)} labels (top {top_layers} weight layers)")
+        new_encoder_id = file_sha256(outdir / "encoder.keras")
+    else:
+        raise ValueError(f"mode must be 'head' or 'encoder', got {mode!r}")
+    head.save(outdir / "head.keras")
+    digest = hashlib.sha256((outdir / "head.keras").read_bytes()).hexdigest()
+    original = np.asarray(d["original"]).astype(str)
+    card_out = {
+        "format": CARD_FORMAT, "version": f"head-{digest[:12]}",
+        "head_sha256": digest, "head_file": "head.keras", "mode": mode,
+        "encoder_file": "encoder.keras" if mode == "encoder" else None,
+        "encoder_id": new_encoder_id or meta.get("encoder_id"),
+        "parent_encoder_id": meta.get("encoder_id") if new_encoder_id else None,
+        "reembed": bool(new_encoder_id), "classes": classes,
+        "positive_labels": meta.get("positive", []),
+        "counts": {c: int((labels == c).sum()) for c in classes},
+        "label_counts": {str(k): int(v) for k, v in zip(*np.unique(original, return_counts=True),
+                                                         strict=True)},
+        "n_labels": int(len(labels)), "embedding_dim": int(vectors.shape[1]),
+        "hidden": hidden, "epochs": epochs or (200 if mode == "head" else 5),
+        "top_layers": top_layers if mode == "encoder" else 0, "seed": seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - t0, 2),
+    }
+    tmp = outdir / "head.card.json.tmp"
+    tmp.write_text(json.dumps(card_out, indent=2) + "\n")
+    tmp.replace(outdir / "head.card.json")  # the card appears last: its presence means done
+    return card_out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m model.finetune``: run :func:`run_finetune` and print its card as JSON."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m model.finetune",
+                                description="Fine-tune a classifier head (and optionally the "
+                                            "encoder's top) on labelled embeddings.")
+    p.add_argument("--data", required=True, help=".npz written by ssald_desktop.core.active")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=["head", "encoder"], default="head")
+    p.add_argument("--encoder", help="exported encoder (encoder mode)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--hidden", type=int, default=0)
+    p.add_argument("--top-layers", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        card = run_finetune(a.data, a.out, a.mode, a.encoder, a.epochs, a.hidden, a.top_layers,
+                            a.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"model.finetune: error: {exc}")
+        return 2
+    print(json.dumps(card))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -154,8 +154,8 @@ class ChildProcess:
                     except EOFError as exc:
                         self.kill()
                         raise ChildProcessError(
-                            f"the helper process running {func.__name__} closed its "
-                            "pipe") from exc
+                            f"the helper process running {func.__name__} died (its pipe "
+                            "closed)") from exc
                     if status != "progress":
                         break
                     yield value

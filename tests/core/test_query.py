@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,52 @@ def test_cli_embed_index_search(base, tmp_path, capsys):
         code, out, err = _cli(argv, capsys)
         assert code == 2, (argv, out, err)
         assert what in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled sample index (resources/sample/index), relocatable
+# --------------------------------------------------------------------------------------------
+
+SAMPLE_INDEX = Path(__file__).resolve().parents[2] / "resources" / "sample" / "index"
+
+
+def test_bundled_sample_index_is_relocatable_and_complete(tmp_path):
+    """Sources and the encoder are stored relative to the store, so a copy works elsewhere."""
+    import csv
+
+    from ssald_desktop.core.embeddings import EmbeddingStore, encoder_info
+
+    root = tmp_path / "moved"
+    shutil.copytree(SAMPLE_INDEX.parents[1], root, ignore=shutil.ignore_patterns("frames"))
+    store = EmbeddingStore(root / "sample" / "index", create=False)
+    header = json.loads((SAMPLE_INDEX / "store.json").read_text())
+    assert not Path(header["encoder_path"]).is_absolute()
+    default = SAMPLE_INDEX.parents[1] / "encoders" / "default" / "encoder.keras"
+    assert store.encoder_id == encoder_info(default).encoder_id
+    with open(SAMPLE_INDEX.parent / "galaxies.csv") as f:
+        galaxies = {r["id"]: r for r in csv.DictReader(f)}
+    ids = store.ids()
+    # Every detected galaxy but the one the miner skipped (too masked / at the edge).
+    assert set(ids) <= set(galaxies) and len(ids) >= len(galaxies) - 2
+    table = store.table()
+    assert all(not Path(s).is_absolute() for s in table["source"])
+    # Thumbnails come from the moved shards, top-down 8-bit RGB.
+    images = store.object_images(ids[:3] + ["no such id"])
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images[:3])
+    assert images[3] is None
+    # Position lookup: the object itself, within 1 arcsec; nothing 3 arcsec away.
+    g = galaxies[ids[0]]
+    ra, dec = float(g["ra"]), float(g["dec"])
+    assert store.nearest_object(ra, dec, 1.0) == ids[0]
+    assert store.nearest_object(ra + 0.5 / 3600, dec, 1.0) == ids[0]
+    assert store.nearest_object(ra, dec + 3 / 3600, 1.0) is None
+    assert store.nearest_object(float("nan"), dec) is None
+
+
+def test_bundled_sample_index_answers_a_query():
+    from ssald_desktop.core.query import Searcher
+
+    s = Searcher(SAMPLE_INDEX)
+    r = s.search(files=[DATA / "renders" / "gothic" / "ngc-3758.png"], k=10)
+    assert len(r.hits) == 10 and r.hits[0].similarity >= r.hits[-1].similarity
+    assert all(np.isfinite(h.ra) for h in r.hits)
