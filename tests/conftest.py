@@ -59,3 +59,4 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and settings folders; nothing touches the user's."""
     monkeypatch.setenv("SSALD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SSALD_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SSALD_DATA_DIR", str(tmp_path / "data"))  # training-run registry

@@ -136,6 +136,40 @@ def load_field(source: Source, spec: NormSpec) -> Generator[Any, None, FieldData
     return FieldData(name=name, source=paths, frame_set=frame_set, rgb=rgb, engine=engine)
 
 
+def load_field_at(position: str, spec: NormSpec, cache_dir: Path,
+                  timeout: float) -> Generator[Any, None, FieldData]:
+    """Find, download (or take from the cache) and open the SDSS field at a position or name.
+
+    A worker generator: names are resolved online (Sesame through astropy), the field is
+    looked up and fetched by :class:`ssald_desktop.core.sky.SDSSClient` with the settings'
+    timeout; then it is rendered as :func:`load_field` does.
+    """
+    from ssald_desktop.core.sky import SDSSClient, parse_position
+
+    yield (0, 4, f"Looking up {position}\u2026")
+    coord = parse_position(position, allow_names=True, timeout=timeout)
+    yield (1, 4, f"Fetching the SDSS field at {coord.to_string('hmsdms', precision=1)}\u2026")
+    frame_set = SDSSClient(cache_dir, timeout=timeout).fetch_field_at(coord)
+    paths = [frame_set[b].path for b in frame_set.bands]
+    return (yield from load_field(paths, spec))
+
+
+def fetch_spectrum(text: str, cache_dir: Path, timeout: float) -> Generator[Any, None, Path]:
+    """Download an SDSS spectrum by ``plate-mjd-fiber`` or by position/name (worker)."""
+    import re
+
+    from ssald_desktop.core.sky import SDSSClient
+
+    client = SDSSClient(cache_dir, timeout=timeout)
+    m = re.fullmatch(r"\s*(\d+)\s*[-/ ]\s*(\d+)\s*[-/ ]\s*(\d+)\s*", text)
+    if m:
+        plate, mjd, fiber = (int(g) for g in m.groups())
+        yield (0, 1, f"Fetching spectrum {plate}-{mjd}-{fiber}\u2026")
+        return client.fetch_spectrum(plate, mjd, fiber)
+    yield (0, 1, f"Fetching the spectrum at {text}\u2026")
+    return client.fetch_spectrum_at(text)
+
+
 def detect_field_galaxies(frame_set: FrameSet, band: str,
                           child: ChildProcess | None = None) -> Generator[Any, None, Any]:
     """Offline galaxy detection of one band (a worker generator yielding progress).
@@ -409,6 +443,14 @@ class MainWindow(QMainWindow):
         self.reopen_action.triggered.connect(self.reopen_last_field)
         file_menu.addAction(self.reopen_action)
         file_menu.addSeparator()
+        self.open_position_action = QAction("Open the SDSS field &at a position or name\u2026",
+                                            self)
+        self.open_position_action.setShortcut(QKeySequence("Ctrl+L"))
+        self.open_position_action.triggered.connect(self.open_position_dialog)
+        file_menu.addAction(self.open_position_action)
+        self.fetch_spectrum_action = QAction("Fetch an SDSS spectrum\u2026", self)
+        self.fetch_spectrum_action.triggered.connect(self.fetch_spectrum_dialog)
+        file_menu.addAction(self.fetch_spectrum_action)
         self.open_spectrum_action = QAction("Open a s&pectrum\u2026", self)
         self.open_spectrum_action.triggered.connect(self.open_spectrum_dialog)
         file_menu.addAction(self.open_spectrum_action)
@@ -661,6 +703,60 @@ class MainWindow(QMainWindow):
             self.query_dock.show()
             self.query_dock.raise_()
             self.query_panel.add_files([str(p) for p in queries])
+
+    def open_position(self, position: str) -> Task:
+        """Open the SDSS field at a position or object name (online; cached fields offline)."""
+        self.tasks.cancel_all()
+        self._generation += 1
+        generation = self._generation
+        self._pending_name = position
+        self._update_title()
+        return self.tasks.run(
+            "open field at position",
+            load_field_at,
+            position,
+            self.spec,
+            self.settings.cache_dir(),
+            self.settings.sdss_timeout(),
+            on_result=lambda data: self._field_ready(data, generation),
+            on_error=lambda exc: self._field_failed(exc, position, generation),
+        )
+
+    @Slot()
+    def open_position_dialog(self) -> None:
+        """Ask for a position or name and open the SDSS field there."""
+        from PySide6.QtWidgets import QInputDialog
+
+        text, ok = QInputDialog.getText(
+            self, "Open the SDSS field at",
+            "Position (degrees or sexagesimal, e.g. 174.1222 +21.5961 or 11:36:29.3 "
+            "+21:35:46) or an object name (online):")
+        if ok and text.strip():
+            self.open_position(text.strip())
+
+    def fetch_spectrum(self, text: str) -> Task:
+        """Download a spectrum (plate-mjd-fiber, or a position/name) and show it."""
+        self.spectrum_dock.show()
+        self.spectrum_view.show_message(f"Fetching {text}\u2026")
+        return self.tasks.run(
+            "fetch spectrum", fetch_spectrum, text, self.settings.cache_dir(),
+            self.settings.sdss_timeout(),
+            on_result=lambda path: self.spectrum_view.load_file(path),
+            on_error=lambda exc: (self.spectrum_view.show_message("No spectrum."),
+                                  self.show_error("Could not fetch the spectrum",
+                                                  self._describe_error(exc))),
+        )
+
+    @Slot()
+    def fetch_spectrum_dialog(self) -> None:
+        """Ask for plate-mjd-fiber or a position and fetch that SDSS spectrum."""
+        from PySide6.QtWidgets import QInputDialog
+
+        text, ok = QInputDialog.getText(
+            self, "Fetch an SDSS spectrum",
+            "plate-mjd-fiber (e.g. 266-51602-3), or a position / object name:")
+        if ok and text.strip():
+            self.fetch_spectrum(text.strip())
 
     @Slot()
     def open_spectrum_dialog(self) -> None:

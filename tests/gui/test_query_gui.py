@@ -195,3 +195,48 @@ def test_cancel_running_encode(window, qtbot, tmp_path):
     with qtbot.waitSignal(panel.searched, timeout=SEARCH_TIMEOUT_MS) as blocker:
         panel.add_files([str(NGC3758)])
     assert blocker.args[0] == 20
+
+
+def test_open_position_uses_the_cached_field_without_network(window, qtbot, monkeypatch):
+    """A position inside a cached field opens it with no request (the server is unreachable)."""
+    from astroquery.sdss import SDSS
+
+    from ssald_desktop.core.sky import SDSSClient
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cached field must open without a request")
+
+    monkeypatch.setattr(SDSS, "_request", no_network)
+    cache = window.settings.cache_dir()
+    folder = SDSSClient(cache).field_folder("2820-3-122")
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in (DATA / "sdss" / "frames" / "2820-3-122").glob("frame-*.fits.bz2"):
+        if not (folder / f.name).exists():
+            shutil.copy(f, folder / f.name)
+    with qtbot.waitSignal(window.galaxies_loaded, timeout=300_000):
+        window.open_position("38.33 -0.107")
+    assert window.field_name() == "2820-3-122"
+    assert window.last_error is None or "2820" not in window.last_error
+
+
+def test_fetch_cached_spectrum_by_plate_mjd_fiber(window, qtbot, monkeypatch):
+    from astroquery.sdss import SDSS
+
+    from ssald_desktop.core.sky import SDSSClient
+
+    monkeypatch.setattr(SDSS, "_request", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("no request expected")))
+    src = DATA / "sdss" / "spectra" / "spec-0266-51602-0166.fits"
+    dest = SDSSClient(window.settings.cache_dir()).spectrum_path(266, 51602, 166)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dest)
+    with qtbot.waitSignal(window.spectrum_view.loaded, timeout=60_000) as blocker:
+        window.fetch_spectrum("266-51602-166")
+    assert blocker.args[0].fiber == 166
+
+
+def test_open_position_error_is_shown(window, qtbot):
+    with qtbot.waitSignal(window.error_shown, timeout=60_000) as blocker:
+        window.open_position("38.3 -95.0")  # Dec out of range: refused before any request
+    assert "-95" in blocker.args[0]
+    assert window.isVisible()
