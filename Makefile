@@ -24,7 +24,7 @@ test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check ssald_desktop model tests
+	$(BIN)/ruff check ssald_desktop model tests installer docs resources
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

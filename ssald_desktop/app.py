@@ -138,21 +138,34 @@ def create_app(argv: Sequence[str] | None = None):
     app.setOrganizationName("SSALD")
     app.setApplicationName("SSALD desktop")
     app.setApplicationVersion(__version__)
+    app.setDesktopFileName("ssald-desktop")
+    icon = RESOURCES_DIR / "icons" / "ssald-256.png"
+    if icon.exists():
+        from PySide6.QtGui import QIcon
+
+        app.setWindowIcon(QIcon(str(icon)))
 
     import pyqtgraph as pg
 
     pg.setConfigOptions(imageAxisOrder="row-major")
 
+    from ssald_desktop.firstrun import check_environment
     from ssald_desktop.settings import Settings
     from ssald_desktop.ui.main_window import MainWindow
 
+    settings = Settings()
+    startup_messages = check_environment(settings, RESOURCES_DIR)
     window = MainWindow(
-        Settings(),
+        settings,
         sample_field=SAMPLE_FIELD_DIR,
         sample_index=SAMPLE_INDEX_DIR,
         spectra_dirs=[SAMPLE_SPECTRA_DIR],
     )
     window.show()
+    if startup_messages:
+        for message in startup_messages:
+            log.info("start-up: %s", message)
+        window.statusBar().showMessage("  \u2022  ".join(startup_messages), 30_000)
     if args.paths:
         window.open_field(args.paths[0] if len(args.paths) == 1 else args.paths)
     elif not args.no_sample:

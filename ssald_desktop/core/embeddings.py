@@ -70,6 +70,7 @@ __all__ = [
     "H5Shards",
     "ImageFolder",
     "ItemRef",
+    "ReadOnlyStoreError",
     "encode",
     "encode_set",
     "encoder_info",
@@ -640,6 +641,55 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class ReadOnlyStoreError(DataFileError):
+    """A change was asked of an embedding store that is open read-only."""
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the store folder and its existing files can be written by this process.
+
+    :func:`os.access` asks the kernel with this process's credentials, so a read-only mount
+    (``EROFS``) and missing write permission count even for root without
+    ``CAP_DAC_OVERRIDE``; root with it may write anywhere but on a read-only mount.
+    """
+    if not os.access(folder, os.W_OK):
+        return False
+    for name in (TABLE_FILE, STORE_FILE, VECTORS_FILE):
+        f = folder / name
+        if f.exists() and not os.access(f, os.W_OK):
+            return False
+    return True
+
+
+def _is_read_only_error(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
+def _connect_read_only(table: Path) -> sqlite3.Connection:
+    """Open the object table for reading only: ``mode=ro``, else ``immutable=1``.
+
+    ``immutable`` is the fallback where SQLite cannot take its locks or make its shared-memory
+    file (a read-only file system); it is safe there because nothing can change the file.
+    """
+    uri = table.resolve().as_uri()
+    last: sqlite3.Error | None = None
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
+            names = {r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as exc:
+            last = exc
+            continue
+        if not {"objects", "meta"} <= names:
+            db.close()
+            raise DataFileError(f"{table}: not an embedding store's object table (its tables: "
+                                f"{', '.join(sorted(names)) or 'none'})")
+        return db
+    raise DataFileError(f"{table}: cannot open the object table for reading ({last})")
+
+
 class EmbeddingStore:
     """Float32 vectors (memory-mapped) and their object table, in one folder.
 
@@ -649,6 +699,11 @@ class EmbeddingStore:
         The store folder; created when ``create`` and missing.
     create : bool
         Create an empty store if the folder holds none (else a missing store is an error).
+    read_only : bool or None
+        Open for reading only (SQLite ``mode=ro``; nothing is created or written, and a change
+        raises :class:`ReadOnlyStoreError`). None (the default) decides by itself: an existing
+        store whose folder or files this process cannot write (a bundle installed read-only, a
+        read-only mount) is opened read-only, so that it can still be searched.
 
     Notes
     -----
@@ -656,13 +711,28 @@ class EmbeddingStore:
     may move between threads (a GUI worker) but is not for two threads at once.
     """
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, read_only: bool | None = None):
         self.path = Path(path)
-        if not (self.path / TABLE_FILE).exists() and not create:
+        table = self.path / TABLE_FILE
+        if not table.exists() and not create:
             raise DataFileError(f"{self.path}: not an embedding store (no {TABLE_FILE})")
         if self.path.exists() and not self.path.is_dir():
             raise DataFileError(f"{self.path}: not a folder")
-        self.path.mkdir(parents=True, exist_ok=True)
+        auto = read_only is None
+        if read_only is None:
+            read_only = table.exists() and not _writable(self.path)
+        #: True when the store was opened for reading only (explicitly, or because its folder
+        #: or table cannot be written: a bundle installed read-only, a read-only mount).
+        self.read_only = bool(read_only)
+        if self.read_only and not table.exists():
+            raise DataFileError(f"{self.path}: not an embedding store (no {TABLE_FILE}); a "
+                                "store opened read-only must exist")
+        if not self.read_only:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DataFileError(f"{self.path}: cannot create the embedding store folder "
+                                    f"({exc.strerror or exc})") from exc
         self.header: dict[str, Any] = {}
         hp = self.path / STORE_FILE
         if hp.exists():
@@ -672,21 +742,50 @@ class EmbeddingStore:
                 raise DataFileError(f"{hp}: unreadable store header ({exc})") from exc
             if self.header.get("format") != STORE_FORMAT:
                 raise DataFileError(f"{hp}: not an SSALD embedding store header")
+        if self.read_only:
+            self._db = _connect_read_only(table)
+        else:
+            try:
+                self._db = self._connect_for_writing(table)
+            except sqlite3.OperationalError as exc:
+                # a file system that refuses writes although access() allowed them (e.g. a
+                # protected install folder): an existing store opened with the automatic
+                # choice is still readable
+                if not (auto and table.exists()):
+                    raise DataFileError(f"{table}: cannot open the object table for writing "
+                                        f"({exc})") from exc
+                self.read_only = True
+                self._db = _connect_read_only(table)
+        self._map: np.ndarray | None = None
+        self._map_count = -1
+
+    def _connect_for_writing(self, table: Path) -> sqlite3.Connection:
+        # usable from a worker thread (one thread at a time: the GUI's worker pattern)
+        db = sqlite3.connect(table, check_same_thread=False)
         try:
-            # usable from a worker thread (one thread at a time: the GUI's worker pattern)
-            self._db = sqlite3.connect(self.path / TABLE_FILE, check_same_thread=False)
-            self._db.executescript(
+            db.executescript(
                 "CREATE TABLE IF NOT EXISTS objects(row INTEGER PRIMARY KEY, id TEXT UNIQUE "
                 "NOT NULL, ra REAL, dec REAL, source TEXT, item INTEGER, signature TEXT, "
                 "normspec TEXT, encoder TEXT);"
                 "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"
                 "INSERT OR IGNORE INTO meta VALUES ('count', '0'), ('rewrites', '0');")
-            self._db.commit()
+            db.commit()
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if _is_read_only_error(exc):
+                raise
+            raise DataFileError(f"{table}: not a readable object table ({exc})") from exc
         except sqlite3.DatabaseError as exc:
-            raise DataFileError(f"{self.path / TABLE_FILE}: not a readable object table "
-                                f"({exc})") from exc
-        self._map: np.ndarray | None = None
-        self._map_count = -1
+            db.close()
+            raise DataFileError(f"{table}: not a readable object table ({exc})") from exc
+        return db
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"{self.path}: the embedding store is opened read-only (its folder or files "
+                f"cannot be written), so it cannot {what}; copy it to a writable folder "
+                "to add to it")
 
     # -- identity ----------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -774,10 +873,11 @@ class EmbeddingStore:
                     f"{self.path}: the store holds {h.get('image_key') or 'picture'} images "
                     f"({h.get('row_order')}); these are {identity.get('image_key') or 'pictures'}"
                     f" ({identity.get('row_order')}): use a new store folder")
-            if h.get("encoder_path") != identity.get("encoder_path"):
+            if h.get("encoder_path") != identity.get("encoder_path") and not self.read_only:
                 h["encoder_path"] = identity.get("encoder_path")
                 self._write_header()
             return
+        self._check_writable("take vectors")
         self.header = {"format": STORE_FORMAT, "version": 1, "dtype": "<f4",
                        "vectors": VECTORS_FILE, "objects": TABLE_FILE,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -785,6 +885,7 @@ class EmbeddingStore:
         self._write_header()
 
     def _write_header(self) -> None:
+        self._check_writable("record its header")
         _atomic_write_text(self.path / STORE_FILE, json.dumps(self.header, indent=2) + "\n")
 
     # -- vectors -----------------------------------------------------------------------------
@@ -936,6 +1037,7 @@ class EmbeddingStore:
 
     def append(self, refs: Sequence[ItemRef], vectors: np.ndarray) -> None:
         """Append new objects (ids not yet stored) with their vectors; atomic per call."""
+        self._check_writable("take new vectors")
         v = np.ascontiguousarray(vectors, dtype="<f4")
         d = self.dim
         if d is None or v.ndim != 2 or v.shape[1] != d or len(v) != len(refs):
@@ -964,6 +1066,7 @@ class EmbeddingStore:
 
     def rewrite(self, rows: Sequence[int], refs: Sequence[ItemRef], vectors: np.ndarray) -> None:
         """Overwrite the vectors of changed objects in place and record their new source."""
+        self._check_writable("overwrite vectors")
         v = np.ascontiguousarray(vectors, dtype="<f4")
         d = self.dim
         assert d is not None

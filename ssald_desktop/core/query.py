@@ -426,6 +426,8 @@ class Searcher:
 
     def embed_files(self, paths: Sequence[str | Path]) -> list[QueryInput]:
         """Embed query files (loads the encoder, TensorFlow, on first use)."""
+        if not paths:
+            return []  # a search by object ids needs no encoder
         info = self.encoder_info()
         raws, metas = [], []
         for p in paths:

@@ -43,6 +43,12 @@ class GalaxyList:
     r50: np.ndarray
     rpetro: np.ndarray
     band: str = "r"
+    #: Spectroscopic redshift where known (NaN elsewhere), e.g. from the local spectra.
+    z: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.z is None:
+            self.z = np.full(len(self.ra), np.nan)
 
     def __len__(self) -> int:
         return len(self.ra)
@@ -108,7 +114,7 @@ def format_dec(dec_deg: float) -> str:
 
 
 class GalaxyTableModel(QAbstractTableModel):
-    """Table model of a :class:`GalaxyList`: id, RA, Dec, magnitude, R50, Petrosian radius."""
+    """Table model of a :class:`GalaxyList`: id, RA, Dec, magnitude, R50, R_P and z."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -128,18 +134,18 @@ class GalaxyTableModel(QAbstractTableModel):
     def headers(self) -> list[str]:
         """Column titles."""
         b = self._gal.band
-        return ["id", "RA (deg)", "Dec (deg)", f"{b} (mag)", "R50 (\u2033)", "R_P (\u2033)"]
+        return ["id", "RA (deg)", "Dec (deg)", f"{b} (mag)", "R50 (\u2033)", "R_P (\u2033)", "z"]
 
     def _values(self, column: int) -> np.ndarray:
         g = self._gal
-        return (g.ids, g.ra, g.dec, g.mag, g.r50, g.rpetro)[column]
+        return (g.ids, g.ra, g.dec, g.mag, g.r50, g.rpetro, g.z)[column]
 
     # -- Qt model API --------------------------------------------------------------------
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, D102
         return 0 if parent.isValid() else len(self._gal)
 
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, D102
-        return 0 if parent.isValid() else 6
+        return 0 if parent.isValid() else 7
 
     def headerData(self, section: int, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: D102
         if orientation == Qt.Orientation.Horizontal:
@@ -153,6 +159,7 @@ class GalaxyTableModel(QAbstractTableModel):
                     f"{self._gal.band}-band Kron magnitude (AB)",
                     "half-light radius (arcsec)",
                     "Petrosian radius (arcsec); empty when faint",
+                    "spectroscopic redshift, where a spectrum of the galaxy is known",
                 ][section]
         return None
 
@@ -169,7 +176,8 @@ class GalaxyTableModel(QAbstractTableModel):
                 return str(int(value))
             if not np.isfinite(value):
                 return ""
-            return (None, "{:.5f}", "{:+.5f}", "{:.2f}", "{:.2f}", "{:.2f}")[col].format(value)
+            return (None, "{:.5f}", "{:+.5f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.4f}")[col].format(
+                value)
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole and col in (1, 2):

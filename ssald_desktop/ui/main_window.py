@@ -28,7 +28,9 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableView,
+    QTabWidget,
 )
 
 from ssald_desktop import __version__
@@ -36,10 +38,12 @@ from ssald_desktop.core.child import ChildProcess
 from ssald_desktop.core.cutouts import CutoutEngine, NormSpec
 from ssald_desktop.core.errors import SsaldError
 from ssald_desktop.core.frames import FrameSet, open_frame_set, parse_frame_name
+from ssald_desktop.core.launch.base import default_data_dir
 from ssald_desktop.core.render import field_rgb_iter
 from ssald_desktop.core.tf_work import WARM_MODULES as TF_WARM_MODULES
 from ssald_desktop.settings import Settings
 from ssald_desktop.ui.cutout_panel import CutoutPanel
+from ssald_desktop.ui.evidence_view import EvidenceView
 from ssald_desktop.ui.field_view import FieldView
 from ssald_desktop.ui.galaxy_table import (
     SORT_ROLE,
@@ -49,7 +53,9 @@ from ssald_desktop.ui.galaxy_table import (
     format_ra,
 )
 from ssald_desktop.ui.query_panel import QueryPanel, is_query_file
+from ssald_desktop.ui.review_panel import ReviewPanel
 from ssald_desktop.ui.spectrum_view import SpectrumView
+from ssald_desktop.ui.training_panel import TrainingPanel
 from ssald_desktop.ui.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,9 @@ Source = str | Path | Sequence[str | Path]
 #: Modules the detection helper process imports at start.
 DETECTION_MODULES = ("ssald_desktop.core.sources", "photutils.segmentation",
                      "photutils.background", "astropy.convolution")
+#: Background tasks that belong to the field shown (cancelled when another field opens).
+FIELD_TASKS = ("open field", "open field at position", "detect galaxies", "evidence",
+               "cutout size")
 SPECTRUM_FILTER = "SDSS spectra (spec-*.fits spPlate-*.fits *.fits);;All files (*)"
 QUERY_FILTER = "Query images (*.png *.jpg *.jpeg *.fits *.fit *.fits.gz);;All files (*)"
 
@@ -170,6 +179,62 @@ def fetch_spectrum(text: str, cache_dir: Path, timeout: float) -> Generator[Any,
     return client.fetch_spectrum_at(text)
 
 
+def object_evidence(frame_set: FrameSet, ra: float, dec: float, spectrum: Path | None,
+                    child: ChildProcess | None = None) -> Generator[Any, None, Any]:
+    """Nuclei, spectral evidence and catalogue matches of one object (a worker generator).
+
+    The fits run in ``child`` (the detection helper process) when given, with only the r band
+    of the field sent to it.
+    """
+    from ssald_desktop.core.catalogs import crossmatch
+    from ssald_desktop.core.evidence import gather_evidence
+
+    yield (0, 2, "Cross-matching the known dual AGN\u2026")
+    matches = [{"summary": m.summary(), "name": m.name, "catalog": m.catalog,
+                "distance_arcsec": m.distance_arcsec} for m in crossmatch(ra, dec, 5.0)]
+    yield (1, 2, "Measuring nuclei and emission lines\u2026")
+    # The nuclei are searched in r; the cutout needs its colour bands too (not u, z).
+    bands = [b for b in ("g", "r", "i") if b in frame_set] or list(frame_set.bands)
+    some = FrameSet({b: frame_set[b] for b in bands},
+                    psf={b: frame_set.psf[b] for b in bands if b in frame_set.psf})
+    kwargs = {"frame_set": some, "ra": ra, "dec": dec, "catalog_matches": matches,
+              "spectrum": str(spectrum) if spectrum is not None else None}
+    if child is None:
+        return gather_evidence(**kwargs)
+    return (yield from child.call(gather_evidence, **kwargs))
+
+
+def reembed_index(index: str, encoder: str, out: Path,
+                  child: ChildProcess | None) -> Generator[Any, None, str]:
+    """Encode the images of an index again with another encoder and index them (worker).
+
+    The images are the store's sources: the miner's HDF5 shards or image files (their common
+    folder). Encoding runs in ``child`` (the TensorFlow helper process); the faiss index is
+    built here. Returns the new store's folder.
+    """
+    import os
+
+    from ssald_desktop.core import tf_work
+    from ssald_desktop.core.embeddings import EmbeddingStore
+    from ssald_desktop.core.index import build_store_index
+
+    store = EmbeddingStore(index, create=False)
+    sources = sorted({str(store.source_path(s)) for s in store.table()["source"] if s})
+    if not sources:
+        raise SsaldError(f"{index}: the store records no image sources to encode again")
+    suffixes = {Path(s).suffix.lower() for s in sources}
+    fmt = "h5" if suffixes <= {".h5", ".hdf5"} else "images"
+    root = os.path.commonpath([str(Path(s).parent) for s in sources])
+    yield (0, 2, f"Encoding {len(store.ids())} objects of {root} with {Path(encoder).name}\u2026")
+    if child is None:
+        yield from tf_work.encode_images(root, str(out), encoder, fmt)
+    else:
+        yield from child.call_iter(tf_work.encode_images, root, str(out), encoder, fmt)
+    yield (1, 2, "Building the index\u2026")
+    yield from build_store_index(EmbeddingStore(out, create=False), "auto")
+    return str(out)
+
+
 def detect_field_galaxies(frame_set: FrameSet, band: str,
                           child: ChildProcess | None = None) -> Generator[Any, None, Any]:
     """Offline galaxy detection of one band (a worker generator yielding progress).
@@ -221,6 +286,34 @@ class LocalSpectra:
     def __init__(self, folders: Sequence[str | Path]):
         self.folders = [Path(f) for f in folders]
         self._entries: list[tuple[float, float, Path]] | None = None
+        self._z: dict[Path, float | None] = {}
+
+    def redshift(self, path: Path) -> float | None:
+        """The pipeline redshift of a spectrum file (SPECOBJ or SPALL), None if unreadable."""
+        if path not in self._z:
+            from astropy.io import fits
+
+            z = None
+            try:
+                with fits.open(path, memmap=False) as hdul:
+                    for name in ("SPECOBJ", "SPALL"):
+                        if name in hdul and "Z" in hdul[name].columns.names:
+                            z = float(hdul[name].data["Z"][0])
+                            break
+            except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
+                log.warning("no redshift from %s: %s", path, exc)
+            self._z[path] = z if z is not None and np.isfinite(z) else None
+        return self._z[path]
+
+    def redshifts(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Redshift of each position's spectrum within 2 arcsec (NaN where there is none)."""
+        out = np.full(len(ra), np.nan)
+        for i, (r, d) in enumerate(zip(ra, dec, strict=True)):
+            path = self.find(float(r), float(d))
+            if path is not None:
+                z = self.redshift(path)
+                out[i] = np.nan if z is None else z
+        return out
 
     def _scan(self) -> list[tuple[float, float, Path]]:
         from astropy.io import fits
@@ -311,6 +404,8 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings()
         self.sample_field = Path(sample_field) if sample_field is not None else None
         self.sample_index = Path(sample_index) if sample_index is not None else None
+        self.default_training_data: str | None = None
+        self.chosen_encoder: str | None = None
         self.spectra = LocalSpectra(spectra_dirs)
         # photutils detection runs in a helper process; start it now so that its imports
         # are warm by the time the first field is read.
@@ -331,10 +426,11 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self._build_central()
         self._build_docks()
+        self._build_review()
         self._build_status_bar()
         self._build_menus()
         self._update_title()
-        self.resize(1440, 900)
+        self._default_size()
         self._restore_window()
 
     # -- construction --------------------------------------------------------------------
@@ -344,7 +440,37 @@ class MainWindow(QMainWindow):
         self.field_view.marker_clicked.connect(self.select_galaxy)
         self.field_view.cursor_moved.connect(self._on_cursor_moved)
         self.field_view.cursor_left.connect(self._on_cursor_left)
-        self.setCentralWidget(self.field_view)
+        # The centre holds the sky field and, in a second tab, the candidate review (both
+        # want the most room).
+        self.central_tabs = QTabWidget()
+        self.central_tabs.setDocumentMode(True)
+        self.central_tabs.addTab(self.field_view, "Sky field")
+        self.setCentralWidget(self.central_tabs)
+
+    def _build_review(self) -> None:
+        """The review panel (second central tab) on the searched index and the label store."""
+        data_dir = default_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.labels_path = data_dir / "labels.sqlite"
+        index = self.query_panel.index_folder
+        self.review_panel = ReviewPanel(self.tasks, index, self.labels_path,
+                                        spectrum_for=self.spectra.find,
+                                        finetune_dir=data_dir / "finetune")
+        self.review_panel.moreLikeThis.connect(self._more_like_object)
+        self.review_panel.objectActivated.connect(self._review_object_activated)
+        self.review_panel.messageShown.connect(
+            lambda text: self.statusBar().showMessage(text, 8000))
+        self.central_tabs.addTab(self.review_panel, "Review candidates")
+        self.query_panel.searched.connect(self._search_done)
+
+        self.training_panel = TrainingPanel(self.tasks, default_data=self.default_training_data)
+        self.training_panel.encoderChosen.connect(self.use_encoder)
+        self.training_dock = QDockWidget("Train the encoder", self)
+        self.training_dock.setObjectName("TrainingDock")
+        self.training_dock.setWidget(self.training_panel)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.training_dock)
+        self.tabifyDockWidget(self.spectrum_dock, self.training_dock)
+        self.spectrum_dock.raise_()
 
     def _build_docks(self) -> None:
         self.cutout_panel = CutoutPanel(spec=self.spec)
@@ -368,7 +494,9 @@ class MainWindow(QMainWindow):
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setMinimumSectionSize(48)
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.table_dock = QDockWidget("Galaxies", self)
@@ -395,14 +523,33 @@ class MainWindow(QMainWindow):
         self.spectrum_view.loaded.connect(self._spectrum_loaded)
         self.spectrum_dock = QDockWidget("Spectrum", self)
         self.spectrum_dock.setObjectName("SpectrumDock")
-        self.spectrum_dock.setWidget(self.spectrum_view)
+        # The spectrum's controls need ~740 px: narrower docks scroll rather than widen the
+        # window past the screen.
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(self.spectrum_view)
+        self.spectrum_dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.spectrum_dock)
 
         self.cutout_panel.more_like_this.connect(self.more_like_selected)
-        self.resizeDocks([self.cutout_dock, self.query_dock], [440, 360],
+
+        self.evidence_view = EvidenceView()
+        self.evidence_dock = QDockWidget("Dual-AGN evidence", self)
+        self.evidence_dock.setObjectName("EvidenceDock")
+        scroll_ev = QScrollArea()
+        scroll_ev.setWidgetResizable(True)
+        scroll_ev.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll_ev.setWidget(self.evidence_view)
+        self.evidence_dock.setWidget(scroll_ev)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.evidence_dock)
+        self.tabifyDockWidget(self.table_dock, self.evidence_dock)
+        self.table_dock.raise_()
+        self.cutout_dock.setMinimumWidth(400)
+        self.resizeDocks([self.cutout_dock, self.query_dock], [470, 340],
                          Qt.Orientation.Horizontal)
         self.resizeDocks([self.cutout_dock, self.table_dock], [330, 520], Qt.Orientation.Vertical)
-        self.resizeDocks([self.spectrum_dock], [210], Qt.Orientation.Vertical)
+        self.resizeDocks([self.spectrum_dock], [260], Qt.Orientation.Vertical)
         # The query panel runs the window's full height; the spectrum spans the rest.
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -480,11 +627,22 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.table_dock.toggleViewAction())
         view_menu.addAction(self.query_dock.toggleViewAction())
         view_menu.addAction(self.spectrum_dock.toggleViewAction())
+        view_menu.addAction(self.evidence_dock.toggleViewAction())
+        view_menu.addAction(self.training_dock.toggleViewAction())
 
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About SSALD desktop", self)
         about.triggered.connect(self.show_about)
         help_menu.addAction(about)
+
+    def _default_size(self) -> None:
+        """Most of the screen (up to 1600 x 1000), so the docks are not cramped."""
+        screen = self.screen()
+        if screen is None:
+            self.resize(1440, 900)
+            return
+        area = screen.availableGeometry()
+        self.resize(min(1600, int(area.width() * 0.95)), min(1000, int(area.height() * 0.92)))
 
     def _restore_window(self) -> None:
         geometry = self.settings.window_geometry()
@@ -502,7 +660,7 @@ class MainWindow(QMainWindow):
         cancelled. Errors (an unreadable file, frames of different fields) are shown with
         :meth:`show_error` and leave the window as it was.
         """
-        self.tasks.cancel_all()
+        self.tasks.cancel_all(FIELD_TASKS)  # a search or a review batch may go on
         self._generation += 1
         generation = self._generation
         try:
@@ -579,6 +737,7 @@ class MainWindow(QMainWindow):
         except (ValueError, KeyError) as exc:
             self._detection_failed(exc, generation)
             return
+        galaxies.z = self.spectra.redshifts(galaxies.ra, galaxies.dec)
         self.set_galaxies(galaxies)
         n_sources = len(table)
         self.statusBar().showMessage(
@@ -681,6 +840,28 @@ class MainWindow(QMainWindow):
             fibre = fibre_of(spec_path)
             details.append(f"spectrum {spec_path.name}")
         self.cutout_panel.show_cutout(cut, title, ", ".join(details), fibre=fibre)
+        self._start_evidence(index, cut, spec_path)
+
+    def _start_evidence(self, index: int, cut: Any, spectrum: Path | None) -> None:
+        """Measure the selected galaxy's dual-AGN evidence in the background."""
+        if self.field is None:
+            return
+        self._evidence_request = getattr(self, "_evidence_request", 0) + 1
+        request = self._evidence_request
+        g = self.galaxies
+        self.evidence_view.clear(f"Measuring the evidence of galaxy {int(g.ids[index])}\u2026")
+
+        def done(evidence: Any) -> None:
+            if request == self._evidence_request:
+                self.evidence_view.show_evidence(evidence, cut)
+
+        def failed(exc: BaseException) -> None:
+            if request == self._evidence_request:
+                self.evidence_view.clear(f"No evidence: {self._describe_error(exc)}")
+
+        self.tasks.run("evidence", object_evidence, self.field.frame_set, float(g.ra[index]),
+                       float(g.dec[index]), spectrum, self.child, on_result=done,
+                       on_error=failed)
 
     # -- query, spectra and drops -------------------------------------------------------
     def open_paths(self, paths: Sequence[str | Path]) -> None:
@@ -706,7 +887,7 @@ class MainWindow(QMainWindow):
 
     def open_position(self, position: str) -> Task:
         """Open the SDSS field at a position or object name (online; cached fields offline)."""
-        self.tasks.cancel_all()
+        self.tasks.cancel_all(FIELD_TASKS)  # a search or a review batch may go on
         self._generation += 1
         generation = self._generation
         self._pending_name = position
@@ -843,6 +1024,60 @@ class MainWindow(QMainWindow):
 
         self.tasks.run("cutout size", new_engine, on_result=ready,
                        on_error=lambda exc: self.show_error("Cutout", self._describe_error(exc)))
+
+    @Slot(str)
+    def use_encoder(self, path: str, ask: bool = True) -> Task | None:
+        """Switch the search to a trained encoder: re-embed the current index's images with it.
+
+        The similarity space is one encoder's: the images of the index searched now (image
+        files or the miner's shards) are encoded again with the new encoder into a new store
+        under the user data folder, indexed, and searched from then on. With ``ask`` the user
+        confirms first.
+        """
+        from PySide6.QtWidgets import QMessageBox
+
+        self.chosen_encoder = path
+        index = self.query_panel.index_folder
+        if ask:
+            answer = QMessageBox.question(
+                self, "Use this encoder",
+                f"<p>Search with the encoder<br><code>{path}</code>?</p><p>The images of the "
+                f"current index ({Path(index).name}) will be encoded again with it and indexed "
+                "in the background; the query panel then searches the new index.</p>")
+            if answer != QMessageBox.StandardButton.Yes:
+                return None
+        out = default_data_dir() / "indexes" / f"{Path(path).parent.name}-{Path(path).stem}"
+        return self.tasks.run(
+            "re-embed", reembed_index, index, path, out, self.tf_child,
+            on_result=self._reembedded,
+            on_error=lambda exc: self.show_error("Could not re-embed with the new encoder",
+                                                 self._describe_error(exc)))
+
+    def _reembedded(self, folder: str) -> None:
+        self.query_panel.set_index(folder)
+        self.statusBar().showMessage(f"The query panel now searches {folder}", 15000)
+
+    @Slot(str)
+    def _more_like_object(self, object_id: str) -> None:
+        self.query_dock.show()
+        self.query_dock.raise_()
+        self.query_panel.more_like_object(object_id)
+
+    @Slot(str, float, float)
+    def _review_object_activated(self, object_id: str, ra: float, dec: float) -> None:
+        from types import SimpleNamespace
+
+        self.show_hit(SimpleNamespace(id=object_id, ra=ra, dec=dec, source="review"))
+
+    @Slot(int)
+    def _search_done(self, n: int) -> None:
+        """A search finished: its indexed positives seed the review queue (cold start)."""
+        if n <= 0:
+            return
+        result = self.query_panel.last_result
+        ids = [q.name for q in result.positives if q.kind == "object"]
+        if ids and self.review_panel.store_folder == self.query_panel.index_folder:
+            self.review_panel.set_queries(ids)
 
     @Slot(object)
     def show_hit(self, hit: Any) -> None:
@@ -1042,6 +1277,8 @@ class MainWindow(QMainWindow):
         self.tasks.cancel_all()
         self.child.close()
         self.tf_child.close()
+        self.review_panel.shutdown()
+        self.training_panel.shutdown()  # stops polling; training runs go on
         self.settings.set_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         super().closeEvent(event)

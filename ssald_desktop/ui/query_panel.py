@@ -168,6 +168,12 @@ def describe_index(folder: str | Path) -> str:
             + ("" if has_index else " (no index built)"))
 
 
+def _wrapped(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
 class ExampleList(QListWidget):
     """Positive or negative examples as small thumbnails; accepts dropped image files."""
 
@@ -181,7 +187,7 @@ class ExampleList(QListWidget):
         self.setFlow(QListWidget.Flow.LeftToRight)
         self.setWrapping(False)
         self.setIconSize(QSize(EXAMPLE_ICON, EXAMPLE_ICON))
-        self.setFixedHeight(EXAMPLE_ICON + 34)
+        self.setFixedHeight(EXAMPLE_ICON + 30)
         self.setMovement(QListWidget.Movement.Static)
         self.setAcceptDrops(True)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -287,12 +293,12 @@ class QueryPanel(QWidget):
         top.addWidget(choose)
         layout.addLayout(top)
 
-        layout.addWidget(QLabel("<b>Positives</b> \u2014 drop FITS/PNG/JPEG images here, or "
-                                "right-click a galaxy \u25b8 More like this"))
+        layout.addWidget(_wrapped("<b>Positives</b> \u2014 drop FITS/PNG/JPEG images here, or "
+                                  "right-click a galaxy \u25b8 More like this"))
         self.positives = ExampleList("Positives")
         self.positives.files_dropped.connect(lambda paths: self.add_files(paths, False))
         layout.addWidget(self.positives)
-        layout.addWidget(QLabel("<b>Negatives</b> \u2014 drop images unlike what you seek"))
+        layout.addWidget(_wrapped("<b>Negatives</b> \u2014 drop images unlike what you seek"))
         self.negatives = ExampleList("Negatives")
         self.negatives.files_dropped.connect(lambda paths: self.add_files(paths, True))
         layout.addWidget(self.negatives)
@@ -311,6 +317,9 @@ class QueryPanel(QWidget):
                                 "each candidate by its best match to any positive")
         row.addWidget(self.combine)
         row.addStretch(1)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addStretch(1)
         self.clear_button = QPushButton("Clear")
         self.clear_button.clicked.connect(self.clear_examples)
         row.addWidget(self.clear_button)
@@ -324,6 +333,7 @@ class QueryPanel(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         self.grid = ThumbnailGrid()
+        self.grid.set_thumbnail_size(80)  # three columns in a narrow dock
         self.grid.activated.connect(self._activated)
         self.grid.moreLikeThis.connect(self.more_like_object)
         self.grid.markPositive.connect(lambda oid: self._mark(oid, False))

@@ -19,9 +19,10 @@ unchanged.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from PySide6.QtCore import QObject, QThreadPool, Signal, Slot
@@ -32,13 +33,15 @@ log = logging.getLogger(__name__)
 Callback = Callable[[Any], None]
 
 
-def _close_generator(worker: Any) -> None:
-    gen = getattr(worker, "_gen", None)  # superqt's GeneratorWorker keeps it there
-    if gen is not None:
-        try:
-            gen.close()
-        except (ValueError, RuntimeError) as exc:  # still running, or ignored GeneratorExit
-            log.warning("could not close a cancelled task's generator: %s", exc)
+#: Workers of recently ended tasks (see TaskRunner._task_ended).
+_RECENT_WORKERS: collections.deque[Any] = collections.deque(maxlen=256)
+
+
+def _close_generator(gen: Any) -> None:
+    try:
+        gen.close()
+    except (ValueError, RuntimeError) as exc:  # still running, or ignored GeneratorExit
+        log.warning("could not close a cancelled task's generator: %s", exc)
 
 
 class Task(QObject):
@@ -184,10 +187,14 @@ class TaskRunner(QObject):
         worker.finished.connect(task._finished)
         if hasattr(worker, "yielded"):
             worker.yielded.connect(task._yielded)
-            # Runs in the worker thread once its loop has ended (a plain callable, no thread
-            # affinity): a generator stopped by quit() is closed there, so that its cleanup
-            # (e.g. stopping a helper process) runs now rather than whenever it is collected.
-            worker.finished.connect(functools.partial(_close_generator, worker))
+            # superqt emits `aborted` in the worker thread when quit() stops the loop, with the
+            # generator suspended: closing it there runs its cleanup (e.g. stopping a helper
+            # process) at once rather than whenever it is collected. The callable holds the
+            # generator, not the worker, so no reference cycle keeps the worker for the GC to
+            # delete later from another thread.
+            gen = getattr(worker, "_gen", None)
+            if gen is not None:
+                worker.aborted.connect(functools.partial(_close_generator, gen))
         task.ended.connect(self._task_ended)
         was_busy = self.is_busy()
         self._tasks.append(task)
@@ -200,16 +207,21 @@ class TaskRunner(QObject):
     def _task_ended(self, task: Task) -> None:
         if task in self._tasks:
             self._tasks.remove(task)
+            # The worker may still be returning from its run() in the pool thread when this
+            # arrives: keep it referenced a while, so that it is never deleted (by refcount or
+            # by the cyclic GC in this thread) under a running thread.
+            _RECENT_WORKERS.append(task.worker)
             # Hand it to Python: freed once the caller drops it (a late worker signal to a
             # freed Task is simply not delivered).
             task.setParent(None)
             if not self._tasks:
                 self.busy_changed.emit(False)
 
-    def cancel_all(self) -> None:
-        """Cancel every running task."""
+    def cancel_all(self, names: Collection[str] | None = None) -> None:
+        """Cancel every running task, or only those with one of these names."""
         for task in list(self._tasks):
-            task.cancel()
+            if names is None or task.name in names:
+                task.cancel()
 
     @staticmethod
     def wait_for_threads(timeout_ms: int = 30_000) -> bool:

@@ -176,7 +176,7 @@ def test_galaxy_table_and_markers_filled(window):
             expected = sorted(finite, reverse=order == Qt.SortOrder.DescendingOrder)
             assert finite == expected
     window.table.sortByColumn(3, Qt.SortOrder.AscendingOrder)
-    headers = [window.proxy.headerData(c, Qt.Orientation.Horizontal) for c in range(6)]
+    headers = [window.proxy.headerData(c, Qt.Orientation.Horizontal) for c in range(7)]
     assert headers[:4] == ["id", "RA (deg)", "Dec (deg)", "r (mag)"]
 
 
@@ -316,6 +316,8 @@ def test_corrupt_fits_shows_error_and_window_stays_usable(window, qtbot, tmp_pat
     assert window.field_view.marker_count() == len(window.galaxies) > 0
     window.select_galaxy(1)
     assert window.cutout_panel.cutout is not None
+    # Selecting starts the galaxy's evidence measurement; the busy indicator goes when it ends.
+    qtbot.waitUntil(lambda: not window.tasks.is_busy(), timeout=120_000)
     assert not window.progress_bar.isVisible()
 
 

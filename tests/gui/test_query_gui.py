@@ -240,3 +240,57 @@ def test_open_position_error_is_shown(window, qtbot):
         window.open_position("38.3 -95.0")  # Dec out of range: refused before any request
     assert "-95" in blocker.args[0]
     assert window.isVisible()
+
+
+def test_selecting_a_galaxy_measures_its_evidence(window, qtbot):
+    """The evidence dock shows the nuclei search of the selected galaxy (r band, real PSF)."""
+    view = window.evidence_view
+    window.select_galaxy(4)
+    qtbot.waitUntil(lambda: view.evidence is not None
+                    or view.summary.text().startswith("No evidence"), timeout=120_000)
+    assert view.evidence is not None, view.summary.text()
+    ev = view.evidence
+    gid = window.galaxies.ids[4]
+    assert abs(ev.ra - window.galaxies.ra[4]) < 1e-9, gid
+    assert ev.nuclei is not None and ev.nuclei.status in ("pair", "single", "point source",
+                                                          "not measurable")
+    assert ev.spectrum is None  # no spectrum of this galaxy in the sample
+    assert "no line evidence" in view.spectrum_label.text()
+    assert "No known dual AGN" in view.catalog_label.text()
+
+
+def test_local_spectra_give_redshifts_by_position():
+    """The z column: a galaxy with a local spectrum within 2 arcsec gets its pipeline z."""
+    from ssald_desktop.ui.main_window import LocalSpectra
+
+    spectra = LocalSpectra([DATA / "sdss" / "spectra"])
+    # spec-4238-55455-0037: the BOSS galaxy at z = 0.607 at the edge of field 2820-3-122.
+    ra, dec = 38.265351, -0.21845035
+    z = spectra.redshifts(np.array([ra, ra + 10 / 3600]), np.array([dec, dec]))
+    assert z[0] == pytest.approx(0.607, abs=0.002)
+    assert np.isnan(z[1])  # 10 arcsec away: no spectrum
+    assert spectra.find(ra, dec).name == "spec-4238-55455-0037.fits"
+
+
+def test_use_encoder_reembeds_the_index_and_switches_to_it(window, qtbot):
+    """"Use this encoder": the index's shards are encoded again, indexed and searched."""
+    from ssald_desktop.app import RESOURCES_DIR, SAMPLE_INDEX_DIR
+    from ssald_desktop.core.embeddings import EmbeddingStore
+
+    encoder = RESOURCES_DIR / "encoders" / "default" / "encoder.keras"
+    panel = window.query_panel
+    assert Path(panel.index_folder) == SAMPLE_INDEX_DIR
+    task = window.use_encoder(str(encoder), ask=False)
+    qtbot.waitUntil(lambda: not task.running, timeout=300_000)
+    assert task.error is None, task.error
+    new = Path(panel.index_folder)
+    assert new != SAMPLE_INDEX_DIR and (new / "index.faiss").exists()
+    old, fresh = EmbeddingStore(SAMPLE_INDEX_DIR, create=False), EmbeddingStore(new, create=False)
+    assert fresh.ids() == old.ids()
+    # The same encoder on the same shards gives the same vectors.
+    np.testing.assert_allclose(np.asarray(fresh.vectors()), np.asarray(old.vectors()), atol=1e-4)
+    with qtbot.waitSignal(panel.searched, timeout=SEARCH_TIMEOUT_MS):
+        panel.clear_examples()
+        panel.add_files([str(NGC3758)])
+    assert panel.last_result.index["folder"] == str(new)
+    panel.set_index(SAMPLE_INDEX_DIR)

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
@@ -268,7 +269,9 @@ class RunRegistry:
     def save(self, record: RunRecord) -> None:
         """Write ``launch.json`` atomically (a crash never leaves half a record)."""
         path = self.folder(record.id) / RECORD_FILE
-        tmp = path.with_name(path.name + ".tmp")
+        # A temporary name per process and thread: the GUI and `ssald-cli runs` (or two GUI
+        # workers) may save the same run at once.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(asdict(record), indent=2, default=str) + "\n")
         tmp.replace(path)
 
