@@ -74,14 +74,18 @@ def main() -> int:
     shot("3-query")
 
     # Review candidates.
-    window.central_tabs.setCurrentWidget(window.review_panel)
+    window.central_tabs.setCurrentIndex(1)
     wait(lambda: bool(window.review_panel.queue), 120, "a review batch")
     pump(3)
     shot("4-review")
 
     if hasattr(window, "training_dock"):
+        from PySide6.QtCore import Qt
+
+        window.central_tabs.setCurrentIndex(0)
         window.training_dock.show()
         window.training_dock.raise_()
+        window.resizeDocks([window.training_dock], [520], Qt.Orientation.Vertical)
         shot("5-training")
     window.close()
     pump(1)

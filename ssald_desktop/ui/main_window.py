@@ -460,14 +460,22 @@ class MainWindow(QMainWindow):
         self.review_panel.objectActivated.connect(self._review_object_activated)
         self.review_panel.messageShown.connect(
             lambda text: self.statusBar().showMessage(text, 8000))
-        self.central_tabs.addTab(self.review_panel, "Review candidates")
+        scroll_rv = QScrollArea()  # small screens scroll the card rather than clip it
+        scroll_rv.setWidgetResizable(True)
+        scroll_rv.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll_rv.setWidget(self.review_panel)
+        self.central_tabs.addTab(scroll_rv, "Review candidates")
         self.query_panel.searched.connect(self._search_done)
 
         self.training_panel = TrainingPanel(self.tasks, default_data=self.default_training_data)
         self.training_panel.encoderChosen.connect(self.use_encoder)
         self.training_dock = QDockWidget("Train the encoder", self)
         self.training_dock.setObjectName("TrainingDock")
-        self.training_dock.setWidget(self.training_panel)
+        scroll_tr = QScrollArea()  # its form is tall: scroll rather than grow the window
+        scroll_tr.setWidgetResizable(True)
+        scroll_tr.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll_tr.setWidget(self.training_panel)
+        self.training_dock.setWidget(scroll_tr)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.training_dock)
         self.tabifyDockWidget(self.spectrum_dock, self.training_dock)
         self.spectrum_dock.raise_()

@@ -98,7 +98,16 @@ class Task(QObject):
             step, total, message = value
             self.progress = (int(step), int(total), str(message))
         if self._on_progress is not None:
-            self._on_progress(value)
+            self._deliver(self._on_progress, value)
+
+    def _deliver(self, callback: Callback, value: object) -> None:
+        """Call back, unless the widget it updates was closed while the task ran."""
+        try:
+            callback(value)
+        except RuntimeError as exc:
+            if "already deleted" not in str(exc):
+                raise
+            log.debug("task %s: its widget is gone; result dropped (%s)", self.name, exc)
 
     @Slot(object)
     def _returned(self, value: object) -> None:
@@ -106,7 +115,7 @@ class Task(QObject):
             return
         self.done = True
         if self._on_result is not None:
-            self._on_result(value)
+            self._deliver(self._on_result, value)
 
     @Slot(object)
     def _errored(self, exc: object) -> None:
@@ -115,7 +124,7 @@ class Task(QObject):
         self.done = True
         self.error = exc if isinstance(exc, BaseException) else RuntimeError(str(exc))
         if self._on_error is not None:
-            self._on_error(self.error)
+            self._deliver(self._on_error, self.error)
         else:
             log.error("task %s failed: %s", self.name, exc)
 
