@@ -1083,9 +1083,12 @@ class MainWindow(QMainWindow):
         if n <= 0:
             return
         result = self.query_panel.last_result
+        if self.review_panel.store_folder != self.query_panel.index_folder:
+            return  # another similarity space than the review pool's
         ids = [q.name for q in result.positives if q.kind == "object"]
-        if ids and self.review_panel.store_folder == self.query_panel.index_folder:
-            self.review_panel.set_queries(ids)
+        images = [q.vector for q in result.positives if q.kind != "object"]
+        self.review_panel.query_vectors = np.stack(images) if images else None
+        self.review_panel.set_queries(ids)  # asks for a batch with both
 
     @Slot(object)
     def show_hit(self, hit: Any) -> None:

@@ -377,7 +377,8 @@ def _setup(store_folder: str, labels: Any, finetune_dir: Path) -> _Setup:
 def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
                   queries: Sequence[str] = (), round_no: int = 0,
                   positions: Mapping[str, tuple[float, float]] | None = None,
-                  store: Any = None, finetuned: str = "") -> Batch:
+                  store: Any = None, finetuned: str = "",
+                  query_vectors: Any = None) -> Batch:
     """The next batch of the queue (call it in a worker).
 
     With a query object or a positive label among the pool's objects, the learner's mixed
@@ -403,6 +404,9 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
         Where the items' pictures come from (for the grid).
     finetuned : str
         Version of the latest fine-tuned head, appended to the items' model version.
+    query_vectors : ndarray, optional
+        Embeddings of query images from outside the pool (e.g. a dropped PNG), positives for
+        the cold start.
     """
     from ssald_desktop.core.active import ActiveLearner
 
@@ -413,7 +417,9 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
     free = len(pool) - len(set(in_pool) | set(queries))
     open_queries = [q for q in queries if q not in in_pool]
     n = int(n)
-    has_positive = bool(queries) or any(v in POSITIVE_LABELS for v in in_pool.values())
+    n_qvec = 0 if query_vectors is None else len(query_vectors)
+    has_positive = (bool(queries) or n_qvec > 0
+                    or any(v in POSITIVE_LABELS for v in in_pool.values()))
     items: list[QueueItem] = []
     pos = positions or {}
     cands = []
@@ -422,10 +428,11 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
                                 seed=0)
         m = min(max(0, n - len(open_queries)), free)
         if m > 0:
-            cands = learner.suggest(in_pool, m, queries=queries, round_no=round_no)
+            cands = learner.suggest(in_pool, m, queries=queries, round_no=round_no,
+                                    query_vectors=query_vectors if n_qvec else None)
         version = cands[0].model_version if cands else f"enc:{pool.encoder_id[:12]}"
         note = (f"Round {round_no} was proposed by a head trained on {len(queries)} query "
-                f"object(s) and "
+                f"object(s), {n_qvec} query image(s) and "
                 f"{sum(v in POSITIVE_LABELS for v in in_pool.values())} positive / "
                 f"{sum(v not in POSITIVE_LABELS and v not in IGNORED_LABELS for v in in_pool.values())}"  # noqa: E501
                 " negative label(s).")
@@ -582,6 +589,7 @@ class ReviewPanel(QWidget):
         self.counts: dict[str, int] = {}
         self.pending: dict[str, str] = {}  # object id -> label being written
         self.queries: list[str] = []
+        self.query_vectors: Any = None  # embeddings of query images outside the pool
         self.round_no = 0
         self.exploring = False
         self.new_since = 0
@@ -877,6 +885,17 @@ class ReviewPanel(QWidget):
         if self.pool is not None:
             self.request_batch()
 
+    def set_query_vectors(self, vectors: Any) -> None:
+        """Seed the queue with embeddings of query images from outside the pool.
+
+        A dropped PNG/FITS or a cutout is a positive for the cold start; a new batch is asked
+        for. None forgets them.
+        """
+        self.query_vectors = (None if vectors is None or len(vectors) == 0
+                              else np.atleast_2d(np.asarray(vectors, np.float32)))
+        if self.pool is not None:
+            self.request_batch()
+
     def request_batch(self) -> Task | None:
         """Ask the learner for the next batch (in a worker); replaces the queue when done."""
         if self.pool is None:
@@ -892,6 +911,7 @@ class ReviewPanel(QWidget):
             "review: propose a batch", propose_batch, self.pool, labels,
             int(self.batch_spin.value()), queries=list(self.queries), round_no=self.round_no,
             positions=self.positions, store=self.store_folder, finetuned=self.finetune_version,
+            query_vectors=self.query_vectors,
             on_result=self._batch_ready, on_error=self._batch_failed)
         return self._batch_task
 

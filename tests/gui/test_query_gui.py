@@ -294,3 +294,15 @@ def test_use_encoder_reembeds_the_index_and_switches_to_it(window, qtbot):
         panel.add_files([str(NGC3758)])
     assert panel.last_result.index["folder"] == str(new)
     panel.set_index(SAMPLE_INDEX_DIR)
+
+
+def test_a_query_image_seeds_the_review_queue(window, qtbot):
+    """A dropped image (not in the pool) is the review's cold-start positive, not exploration."""
+    panel, review = window.query_panel, window.review_panel
+    panel.clear_examples()
+    with qtbot.waitSignal(review.batchReady, timeout=SEARCH_TIMEOUT_MS):
+        panel.add_files([str(NGC3758)])
+    assert review.query_vectors is not None and review.query_vectors.shape == (1, 128)
+    assert not review.exploring
+    assert review.queue and all(item.sampler != "diversity" for item in review.queue)
+    assert "1 query image" in review.note_label.text()
