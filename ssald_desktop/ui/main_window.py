@@ -457,6 +457,8 @@ class MainWindow(QMainWindow):
                                         spectrum_for=self.spectra.find,
                                         finetune_dir=data_dir / "finetune")
         self.review_panel.moreLikeThis.connect(self._more_like_object)
+        # An encoder fine-tuned on the labels: offer to re-embed and search with it.
+        self.review_panel.encoderFinetuned.connect(self.use_encoder)
         self.review_panel.objectActivated.connect(self._review_object_activated)
         self.review_panel.messageShown.connect(
             lambda text: self.statusBar().showMessage(text, 8000))

@@ -46,6 +46,7 @@ import numpy as np
 from PySide6.QtCore import QPointF, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QFont, QKeySequence, QPainter, QPen, QPixmap, QShortcut
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QFrame,
     QGridLayout,
@@ -564,6 +565,8 @@ class ReviewPanel(QWidget):
     cardShown = Signal(str)
     finetuneFinished = Signal(str)
     messageShown = Signal(str)
+    #: An encoder fine-tune finished: the path of the new encoder (the window re-embeds).
+    encoderFinetuned = Signal(str)
 
     def __init__(self, tasks: TaskRunner, store_folder: str, label_db: str | Path, *,
                  spectrum_for: Callable[[float, float], Path | None] | None = None,
@@ -650,6 +653,12 @@ class ReviewPanel(QWidget):
         bar.addWidget(self.batch_button)
         bar.addWidget(QLabel("batch"))
         bar.addWidget(self.batch_spin)
+        self.encoder_check = QCheckBox("fine-tune the encoder too")
+        self.encoder_check.setToolTip(
+            "After every N labels, fine-tune the encoder's top blocks with the head (slower); "
+            "the images are then embedded again with the new encoder")
+        self.encoder_check.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        bar.addWidget(self.encoder_check)
         bar.addStretch(1)
         bar.addWidget(self.samp_button)
         bar.addWidget(self.export_button)
@@ -1428,7 +1437,8 @@ class ReviewPanel(QWidget):
         self._update_progress()
         return self.tasks.run(
             "review: start fine-tuning", launch_finetune, labels, self.store_folder, out,
-            positive=POSITIVE_LABELS, ignore=IGNORED_LABELS, mode="head",
+            positive=POSITIVE_LABELS, ignore=IGNORED_LABELS,
+            mode="encoder" if self.encoder_check.isChecked() else "head",
             epochs=self.finetune_epochs, on_result=self._finetune_started,
             on_error=self._finetune_failed)
 
@@ -1486,6 +1496,9 @@ class ReviewPanel(QWidget):
             f"in {card.get('seconds', '?')} s; the next candidates carry it.")
         self._update_progress()
         self.finetuneFinished.emit(self.finetune_version)
+        encoder = Path(job.out_dir) / "encoder.keras"
+        if card.get("reembed") and encoder.exists():
+            self.encoderFinetuned.emit(str(encoder))
 
     def cancel_finetune(self) -> None:
         """Stop a running fine-tune process."""
