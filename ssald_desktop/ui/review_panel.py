@@ -47,6 +47,7 @@ from PySide6.QtCore import QPointF, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QFont, QKeySequence, QPainter, QPen, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFrame,
     QGridLayout,
@@ -133,6 +134,13 @@ class QueueItem:
     round: int = 0
     probability: float = math.nan
     image: np.ndarray | None = field(default=None, repr=False)
+    #: Two-nuclei test of the r band (core.nuclei): "pair", "single", ... or "" if not run.
+    nuclei: str = ""
+    #: Confidence of a pair (0..1), NaN when not a pair; separation in arcsec of a pair.
+    pair_confidence: float = math.nan
+    pair_separation: float = math.nan
+    #: Position in the learner's proposed order.
+    rank: int = 0
 
     def to_candidate(self, label: str | None = None) -> dict[str, Any]:
         """A mapping for :func:`ssald_desktop.core.labels.candidates_table` (SAMP, export)."""
@@ -167,6 +175,95 @@ class CardContent:
     spectrum: Path | None = None
     spectrum_note: str = ""
     history: list[Any] = field(default_factory=list, repr=False)
+    nuclei: Any = field(default=None, repr=False)  # core.nuclei.NucleiResult (band-cube grid)
+    nuclei_note: str = ""
+
+
+#: Typical SDSS r-band seeing when the shard does not record the field's PSF (arcsec).
+TYPICAL_SEEING_ARCSEC = 1.4
+
+
+def card_nuclei(store: Any, object_id: str, pixel_scale: float | None,
+                z: float | None = None) -> tuple[Any, str]:
+    """Two-nuclei test on a stored object's r band (HDF5 shards only): ``(result, note)``.
+
+    :func:`ssald_desktop.core.nuclei.find_nuclei` on the cutout's r-band image in nanomaggies
+    (masked pixels excluded), with the typical SDSS seeing as the PSF (the shards keep no
+    psField) and the cutout's pixel scale; kpc when ``z`` is known.
+    """
+    from ssald_desktop.core.nuclei import find_nuclei
+
+    row = store.row_of(object_id)
+    obj = store.objects([row])[0] if row is not None else None
+    if obj is None or not obj.get("source"):
+        return None, "nuclei: no source image"
+    path = store.source_path(str(obj["source"]))
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        return None, "nuclei: not measured on a colour picture without flux calibration"
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h:
+            names = str(h.attrs.get("bands", "ugriz"))
+            if "images" not in h or "r" not in names:
+                return None, f"nuclei: {path.name} holds no r-band image"
+            k = names.index("r")
+            image = np.asarray(h["images"][int(obj["item"])][k], np.float64)
+            mask = (np.asarray(h["masks"][int(obj["item"])][k], bool) if "masks" in h
+                    else None)
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        return None, f"nuclei: cannot read {path} ({exc})"
+    scale = pixel_scale or 0.396
+    try:
+        result = find_nuclei(image, psf_fwhm_px=TYPICAL_SEEING_ARCSEC / scale,
+                             pixel_scale=scale, z=z, mask=mask,
+                             psf_source=f"typical SDSS seeing {TYPICAL_SEEING_ARCSEC}\u2033")
+    except SsaldError as exc:
+        return None, f"nuclei: not measurable: {exc}"
+    return result, ""
+
+
+def _nuclei_line(content: CardContent) -> str:
+    """One line for the card: the two-nuclei verdict with separation, ratio and confidence."""
+    r = content.nuclei
+    if r is None:
+        return f"<b>nuclei</b> <span style='color:#666'>{_esc(content.nuclei_note)}</span>"
+    if r.status == "pair":
+        sep = (f"{r.separation_arcsec:.2f}\u2033" if r.separation_arcsec is not None
+               else f"{r.separation_px:.1f} px")
+        kpc = f" ({r.separation_kpc:.1f} kpc)" if r.separation_kpc is not None else ""
+        ratio = f", flux ratio {r.flux_ratio:.2f}" if r.flux_ratio is not None else ""
+        conf = getattr(r, "confidence", None)
+        conf_text = f", confidence {conf:.2f}" if conf is not None else ""
+        return (f"<b>nuclei</b> <span style='color:#b03060'><b>two</b></span>, {sep}{kpc}"
+                f"{ratio}{conf_text}")
+    return f"<b>nuclei</b> {_esc(r.status)} <span style='color:#666'>({_esc(r.message)})</span>"
+
+
+def _store_pixel_scale(store: Any) -> float | None:
+    """Arcsec per pixel of a store's cutouts (from its NormSpec), None for plain pictures."""
+    spec = getattr(store, "normspec", None)
+    if not spec:
+        return None
+    if spec.get("size_unit", "pixel") != "pixel":
+        return None  # sized in Petrosian radii: no fixed scale
+    return (float(spec.get("pixel_scale", 0.396)) * float(spec.get("size", 64))
+            / float(spec.get("output_size", spec.get("size", 64))))
+
+
+def spectrum_redshift(path: Path) -> float | None:
+    """The pipeline redshift of an SDSS spec file (SPECOBJ or SPALL), or None."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for name in ("SPECOBJ", "SPALL"):
+                if name in hdul and "Z" in hdul[name].columns.names:
+                    z = float(hdul[name].data["Z"][0])
+                    return z if math.isfinite(z) else None
+    except (OSError, KeyError, ValueError, TypeError, IndexError):
+        return None
+    return None
 
 
 @dataclass
@@ -318,6 +415,13 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
     else:
         out.match_note = "no position: no cross-match"
         out.spectrum_note = "No position, so no spectrum lookup."
+    z = spectrum_redshift(out.spectrum) if out.spectrum is not None else None
+    st = EmbeddingStore(store, create=False) if own else store
+    try:
+        out.nuclei, out.nuclei_note = card_nuclei(st, object_id, _store_pixel_scale(st), z)
+    finally:
+        if own:
+            st.close()
     if labels is not None:
         try:
             out.history = labels.history(object_id)
@@ -474,6 +578,15 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
             for item, img in zip(items, st.object_images([i.object_id for i in items]),
                                  strict=True):
                 item.image = img
+            scale = _store_pixel_scale(st)
+            for item in items:  # ~0.1 s each: the evidence the queue can be ordered by
+                result, _note = card_nuclei(st, item.object_id, scale)
+                if result is not None:
+                    item.nuclei = result.status
+                    if result.status == "pair":
+                        item.pair_confidence = float(getattr(result, "confidence", math.nan))
+                        sep = result.separation_arcsec
+                        item.pair_separation = math.nan if sep is None else float(sep)
         finally:
             if own:
                 st.close()
@@ -659,6 +772,14 @@ class ReviewPanel(QWidget):
             "the images are then embedded again with the new encoder")
         self.encoder_check.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         bar.addWidget(self.encoder_check)
+        self.order_combo = QComboBox()
+        self.order_combo.addItem("as proposed", "proposed")
+        self.order_combo.addItem("two nuclei first", "nuclei")
+        self.order_combo.setToolTip("Order of the queue: the learner's ranking, or candidates "
+                                    "whose r band shows two nuclei first (by confidence)")
+        self.order_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.order_combo.currentIndexChanged.connect(self._order_changed)
+        bar.addWidget(self.order_combo)
         bar.addStretch(1)
         bar.addWidget(self.samp_button)
         bar.addWidget(self.export_button)
@@ -927,19 +1048,43 @@ class ReviewPanel(QWidget):
     def _batch_ready(self, batch: Batch) -> None:
         self.batch_button.setEnabled(True)
         self.queue = batch.items
+        for i, it in enumerate(self.queue):
+            it.rank = i
         self.exploring = batch.exploring
         self.note_label.setText(batch.note)
-        self.grid.set_results(
-            [ThumbnailItem(it.object_id, it.image,
-                           None if not math.isfinite(it.score) else it.score, i + 1,
-                           extra=it.sampler, label=grid_mark(self.labels.get(it.object_id)),
-                           bottom_up=False, tooltip=self._tooltip(it))
-             for i, it in enumerate(self.queue)], score_name="score")
+        self._order_queue()
         self.index = -1
         first = self._next_unlabelled(-1)
         self.go_to(first if first is not None else 0)
         self._update_progress()
         self.batchReady.emit(len(self.queue))
+
+    def _order_queue(self) -> None:
+        """Apply the queue order chosen (as proposed, or two nuclei first) and fill the grid."""
+        if self.order_combo.currentData() == "nuclei":
+            # Pairs by confidence, then the rest in the proposed order (stable sort).
+            self.queue.sort(key=lambda it: -(it.pair_confidence
+                                             if math.isfinite(it.pair_confidence) else -1.0))
+        self.grid.set_results(
+            [ThumbnailItem(it.object_id, it.image,
+                           None if not math.isfinite(it.score) else it.score, i + 1,
+                           extra=(f"{it.sampler} \u00b7 2 nuclei {it.pair_separation:.1f}\u2033"
+                                  if it.nuclei == "pair" else it.sampler),
+                           label=grid_mark(self.labels.get(it.object_id)),
+                           bottom_up=False, tooltip=self._tooltip(it))
+             for i, it in enumerate(self.queue)], score_name="score")
+
+    @Slot()
+    def _order_changed(self, *args: object) -> None:
+        if not self.queue:
+            return
+        current = self.current_item()
+        if self.order_combo.currentData() == "proposed":
+            self.queue.sort(key=lambda it: it.rank)
+        self._order_queue()
+        if current is not None:
+            ids = [it.object_id for it in self.queue]
+            self.go_to(ids.index(current.object_id))
 
     def _batch_failed(self, exc: BaseException) -> None:
         self.batch_button.setEnabled(True)
@@ -1052,6 +1197,18 @@ class ReviewPanel(QWidget):
             painter.drawText(QPointF(8, y - 4), f"{bar:g}\u2033")
             painter.end()
             width = f", {arcsec:.1f}\u2033 wide"
+        nuclei = self.content.nuclei if self.content is not None else None
+        if nuclei is not None and nuclei.nuclei:
+            painter = QPainter(pix)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            colours = ("#40e0ff", "#ff60c0", "#ffd040")
+            for i, n in enumerate(nuclei.nuclei):
+                # band-cube pixels (row 0 south) onto the top-down picture
+                cx = (n.x + 0.5) * factor
+                cy = (rows - 0.5 - n.y) * factor
+                painter.setPen(QPen(QColor(colours[i % 3]), 2))
+                painter.drawEllipse(QPointF(cx, cy), 2.2 * factor, 2.2 * factor)
+            painter.end()
         self.rgb_label.setPixmap(pix)
         self.rgb_caption.setText(
             f"colour composite as encoded: {cols}\u00d7{rows} px{width}, shown \u00d7{factor} "
@@ -1106,6 +1263,8 @@ class ReviewPanel(QWidget):
         lines.append(f"<b>why</b> {_esc(item.reason)}")
         lines.append(f"<b>model</b> <span style='font-family:monospace'>"
                      f"{_esc(item.model_version)}</span> &nbsp; round {item.round}")
+        if content is not None:
+            lines.append(_nuclei_line(content))
         if content is None:
             lines.append("<span style='color:#666'>known dual AGN: looking\u2026</span>")
         elif content.matches:
