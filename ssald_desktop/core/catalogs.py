@@ -127,6 +127,9 @@ class Match:
     sep_kpc: float | None
     reference: str
     input_row: int | None = None
+    #: SDSS spectra of the system's components as ``"plate-mjd-fiber"`` (where the source
+    #: catalogue gives them), so the card can open them.
+    spectra: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The match as a JSON-ready dict."""
@@ -137,8 +140,9 @@ class Match:
         z = f" z={self.z:.4f}" if self.z is not None else ""
         sep = (f", pair sep {self.sep_arcsec:.1f}\"" if self.sep_arcsec is not None else "")
         kpc = f" ({self.sep_kpc:.1f} kpc)" if self.sep_kpc is not None and sep else ""
+        spec = f"; SDSS spectra {', '.join(self.spectra)}" if self.spectra else ""
         return (f"{self.name} [{self.catalog}, {self.status}] component {self.component} at "
-                f"{self.distance_arcsec:.2f}\"{z}{sep}{kpc}")
+                f"{self.distance_arcsec:.2f}\"{z}{sep}{kpc}{spec}")
 
 
 def _opt(value: Any) -> float | None:
@@ -205,7 +209,19 @@ class KnownDualAGN:
                      distance_arcsec=float(distance), ra=float(r[f"ra{component}"]),
                      dec=float(r[f"dec{component}"]), z=z, sep_arcsec=_opt(r["sep_arcsec"]),
                      sep_kpc=_opt(r["sep_kpc"]), reference=str(r["reference"]),
-                     input_row=input_row)
+                     input_row=input_row, spectra=self._spectra(r))
+
+    def _spectra(self, r: Any) -> tuple[str, ...]:
+        """``plate-mjd-fiber`` of each component with a spectrum in the table."""
+        out = []
+        for k in (1, 2):
+            cols = (f"plate{k}", f"mjd{k}", f"fiber{k}")
+            if not all(c in self.table.colnames for c in cols):
+                continue
+            vals = [_opt(r[c]) for c in cols]
+            if all(v is not None and v > 0 for v in vals):
+                out.append("-".join(str(int(v)) for v in vals))  # type: ignore[arg-type]
+        return tuple(out)
 
     def match(self, ra: float, dec: float,
               radius_arcsec: float = DEFAULT_RADIUS_ARCSEC) -> list[Match]:

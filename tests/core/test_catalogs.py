@@ -202,3 +202,18 @@ def test_cli_crossmatch(tmp_path, capsys):
         (tmp_path / "t.json").read_text())["matches"]) > 159
     assert cli(["crossmatch", "--ra", "1"]) == 2
     assert "give --ra and --dec" in capsys.readouterr().err
+
+
+def test_matches_carry_the_components_sdss_spectra():
+    """Issue 9 item 5: a matched system's SDSS spectrum identifiers reach the card."""
+    from ssald_desktop.core.catalogs import default_catalog
+
+    cat = default_catalog()
+    t = cat.table
+    i = next(i for i in range(len(t)) if str(t["catalog"][i]) == "Liu+2011")
+    row = t[i]
+    matches = cat.match(float(row["ra1"]), float(row["dec1"]), 1.0)
+    liu = next(m for m in matches if m.catalog == "Liu+2011")
+    expected = f"{int(row['plate1'])}-{int(row['mjd1'])}-{int(row['fiber1'])}"
+    assert expected in liu.spectra and len(liu.spectra) == 2
+    assert expected in liu.summary()
