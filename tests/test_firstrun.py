@@ -10,7 +10,6 @@ user). This is the approach of tests/core/test_labels_durability.py.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from ssald_desktop.core.embeddings import EmbeddingStore, ReadOnlyStoreError
 from ssald_desktop.core.errors import DataFileError
 from ssald_desktop.firstrun import FIRST_RUN_MESSAGE, check_environment, is_first_run
 from ssald_desktop.settings import Settings, default_cache_dir
+from tests._sandbox import can, drop_dac_capabilities, readonly_mount
 
 REPO = Path(__file__).resolve().parents[1]
 RESOURCES = REPO / "resources"
@@ -171,44 +171,6 @@ def test_read_only_store_refuses_changes_clearly(resources_copy, tmp_path):
 
 
 # -- read-only resources, for real: a read-only mount, and root without its privileges -----------
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
-_CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _drop_dac_capabilities() -> None:
-    libc = _libc()
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def _readonly_mount(folder: Path):
-    def preexec() -> None:
-        libc = _libc()
-        if libc.unshare(_CLONE_NEWNS) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-            raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-        src = os.fsencode(folder)
-        if libc.mount(src, src, None, _MS_BIND, None) != 0:
-            raise OSError(ctypes.get_errno(), "bind mount")
-        if libc.mount(src, src, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None) != 0:
-            raise OSError(ctypes.get_errno(), "remount read-only")
-    return preexec
-
-
-def _can(preexec) -> bool:
-    try:
-        r = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=preexec, timeout=20)
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return r.returncode == 0
 
 
 # In the restricted process: the start-up check, a "more like this" search of the sample index
@@ -276,8 +238,8 @@ def test_read_only_mounted_resources_still_search(tmp_path, resources_copy):
     shutil.copytree(resources_copy / "sample" / "cutouts", res / "sample" / "cutouts")
     shutil.copytree(resources_copy / "sample" / "frames", res / "sample" / "frames")
     shutil.copytree(resources_copy / "encoders", res / "encoders")
-    preexec = _readonly_mount(res)
-    if not _can(preexec):
+    preexec = readonly_mount(res)
+    if not can(preexec):
         pytest.skip("no private mount namespace here (needs CAP_SYS_ADMIN)")
     before = _snapshot(res)
     view = _probe(res, preexec, tmp_path)
@@ -291,8 +253,8 @@ def test_resources_installed_read_only_for_the_user_still_search(tmp_path, resou
     shutil.copytree(resources_copy / "sample" / "cutouts", res / "sample" / "cutouts")
     shutil.copytree(resources_copy / "sample" / "frames", res / "sample" / "frames")
     shutil.copytree(resources_copy / "encoders", res / "encoders")
-    preexec = _drop_dac_capabilities if os.geteuid() == 0 else None
-    if preexec is not None and not _can(preexec):
+    preexec = drop_dac_capabilities if os.geteuid() == 0 else None
+    if preexec is not None and not can(preexec):
         pytest.skip("running as root without CAP_SETPCAP: cannot make files read-only to root")
     dirs = [p for p in [res, *res.rglob("*")] if p.is_dir()]
     files = [p for p in res.rglob("*") if p.is_file()]

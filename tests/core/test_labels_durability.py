@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from ssald_desktop.core.labels import BUILTIN_LABELS, LabelStore
+from tests._sandbox import can, drop_dac_capabilities, libc, private_mounts, readonly_mount
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,52 +159,6 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_label(tmp_path):
 
 
 # -- read-only ----------------------------------------------------------------------------------
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
-_CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _drop_dac_capabilities() -> None:
-    """preexec: root without the capabilities that bypass file permissions (after exec)."""
-    libc = _libc()
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def _private_mounts() -> None:
-    libc = _libc()
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-
-
-def _readonly_mount(folder: Path):
-    def preexec() -> None:
-        _private_mounts()
-        libc = _libc()
-        src = os.fsencode(folder)
-        if libc.mount(src, src, None, _MS_BIND, None) != 0:
-            raise OSError(ctypes.get_errno(), "bind mount")
-        if libc.mount(src, src, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None) != 0:
-            raise OSError(ctypes.get_errno(), "remount read-only")
-    return preexec
-
-
-def _can(preexec) -> bool:
-    try:
-        r = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=preexec, timeout=20)
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return r.returncode == 0
-
-
 def _seed(path: Path, n: int = 40) -> dict[int, tuple[str, str]]:
     with LabelStore(path) as store:
         return {store.add(f"seed{i}", BUILTIN_LABELS[i % 4], user="seed", ra=10.0 + i,
@@ -249,8 +204,8 @@ def test_readonly_file_or_folder_gives_a_clear_error(tmp_path, mode_file, mode_d
     path = folder / "labels.sqlite"
     acked = _seed(path)
     assert sorted(p.name for p in folder.iterdir()) == ["labels.sqlite"]  # closed cleanly
-    preexec = _drop_dac_capabilities if os.geteuid() == 0 else None
-    if preexec is not None and not _can(preexec):
+    preexec = drop_dac_capabilities if os.geteuid() == 0 else None
+    if preexec is not None and not can(preexec):
         pytest.skip("running as root without CAP_SETPCAP: cannot make a file read-only to root")
     path.chmod(mode_file)
     folder.chmod(mode_dir)
@@ -280,8 +235,8 @@ def test_readonly_file_system_gives_a_clear_error(tmp_path):
     folder = tmp_path / "store"
     path = folder / "labels.sqlite"
     acked = _seed(path)
-    preexec = _readonly_mount(folder)
-    if not _can(preexec):
+    preexec = readonly_mount(folder)
+    if not can(preexec):
         pytest.skip("no private mount namespace here (needs CAP_SYS_ADMIN)")
     adds, _, errors = _run_writer(path, preexec)
     assert not adds and len(errors) == 1, (adds, errors)
@@ -349,11 +304,11 @@ def test_full_disk_gives_a_clear_error_and_keeps_acknowledged_labels(tmp_path):
     mnt.mkdir()
 
     def preexec() -> None:
-        _private_mounts()
-        if _libc().mount(b"tmpfs", os.fsencode(mnt), b"tmpfs", 0, b"size=512k") != 0:
+        private_mounts()
+        if libc().mount(b"tmpfs", os.fsencode(mnt), b"tmpfs", 0, b"size=512k") != 0:
             raise OSError(ctypes.get_errno(), "mount tmpfs")
 
-    if not _can(preexec):
+    if not can(preexec):
         pytest.skip("no private mount namespace here (needs CAP_SYS_ADMIN)")
     r = subprocess.run([sys.executable, "-c", FULL_DISK, str(mnt), str(300_000)],
                        capture_output=True, text=True, env=_env(), preexec_fn=preexec,
