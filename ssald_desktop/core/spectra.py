@@ -440,6 +440,23 @@ def _row_to_measurement(row: Any) -> LineMeasurement:
 
 
 # ===================================================================== reading
+def spectrum_redshift(path: str | Path) -> float | None:
+    """The pipeline redshift ``Z`` of an SDSS spec file (its SPECOBJ or SPALL row), or None.
+
+    Reads only that table (no arrays), for quick lookups such as a table's z column; None for a
+    file that cannot be read or has no finite redshift.
+    """
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for name in ("SPECOBJ", "SPALL"):
+                if name in hdul and "Z" in hdul[name].columns.names:
+                    z = float(hdul[name].data["Z"][0])
+                    return z if math.isfinite(z) else None
+    except (OSError, KeyError, ValueError, TypeError, IndexError):
+        return None
+    return None
+
+
 def read_spectrum(path: str | Path, fiber: int | None = None) -> Spectrum:
     """Read one SDSS spectrum from a spec (full or lite, SDSS or BOSS) or spPlate file.
 

@@ -183,8 +183,8 @@ def object_evidence(frame_set: FrameSet, ra: float, dec: float, spectrum: Path |
                     child: ChildProcess | None = None) -> Generator[Any, None, Any]:
     """Nuclei, spectral evidence and catalogue matches of one object (a worker generator).
 
-    The fits run in ``child`` (the detection helper process) when given, with only the r band
-    of the field sent to it.
+    The fits run in ``child`` (the detection helper process) when given, with only the g, r
+    and i bands of the field sent to it (r for the nuclei, g/r/i for the colour cutout).
     """
     from ssald_desktop.core.catalogs import crossmatch
     from ssald_desktop.core.evidence import gather_evidence
@@ -291,18 +291,9 @@ class LocalSpectra:
     def redshift(self, path: Path) -> float | None:
         """The pipeline redshift of a spectrum file (SPECOBJ or SPALL), None if unreadable."""
         if path not in self._z:
-            from astropy.io import fits
+            from ssald_desktop.core.spectra import spectrum_redshift
 
-            z = None
-            try:
-                with fits.open(path, memmap=False) as hdul:
-                    for name in ("SPECOBJ", "SPALL"):
-                        if name in hdul and "Z" in hdul[name].columns.names:
-                            z = float(hdul[name].data["Z"][0])
-                            break
-            except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
-                log.warning("no redshift from %s: %s", path, exc)
-            self._z[path] = z if z is not None and np.isfinite(z) else None
+            self._z[path] = spectrum_redshift(path)
         return self._z[path]
 
     def redshifts(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -339,7 +330,8 @@ class LocalSpectra:
         best, best_sep = None, radius_arcsec
         cosd = np.cos(np.radians(dec))
         for ra2, dec2, path in self._entries:
-            sep = 3600.0 * float(np.hypot((ra2 - ra) * cosd, dec2 - dec))
+            dra = (ra2 - ra + 180.0) % 360.0 - 180.0  # across RA 0/360 too
+            sep = 3600.0 * float(np.hypot(dra * cosd, dec2 - dec))
             if sep <= best_sep:
                 best, best_sep = path, sep
         return best

@@ -251,21 +251,6 @@ def _store_pixel_scale(store: Any) -> float | None:
             / float(spec.get("output_size", spec.get("size", 64))))
 
 
-def spectrum_redshift(path: Path) -> float | None:
-    """The pipeline redshift of an SDSS spec file (SPECOBJ or SPALL), or None."""
-    from astropy.io import fits
-
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for name in ("SPECOBJ", "SPALL"):
-                if name in hdul and "Z" in hdul[name].columns.names:
-                    z = float(hdul[name].data["Z"][0])
-                    return z if math.isfinite(z) else None
-    except (OSError, KeyError, ValueError, TypeError, IndexError):
-        return None
-    return None
-
-
 @dataclass
 class _Setup:
     pool: Any
@@ -415,6 +400,8 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
     else:
         out.match_note = "no position: no cross-match"
         out.spectrum_note = "No position, so no spectrum lookup."
+    from ssald_desktop.core.spectra import spectrum_redshift
+
     z = spectrum_redshift(out.spectrum) if out.spectrum is not None else None
     st = EmbeddingStore(store, create=False) if own else store
     try:

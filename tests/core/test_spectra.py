@@ -447,3 +447,15 @@ def test_cli_spplate_without_fibre(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["spectrum", str(SPPLATE)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fibre number" in err
+
+
+def test_spectrum_redshift_reads_specobj_and_spall():
+    """The quick z lookup: SDSS-I SPECOBJ, BOSS SPALL, and None for a non-spectrum."""
+    from ssald_desktop.core.spectra import read_spectrum, spectrum_redshift
+
+    spectra = DATA / "sdss" / "spectra"
+    for name in ("spec-0266-51602-0166.fits", "spec-4238-55455-0037.fits"):
+        assert spectrum_redshift(spectra / name) == pytest.approx(
+            read_spectrum(spectra / name).z, abs=1e-6)
+    frame = DATA / "sdss" / "frames" / "2583-2-136" / "fpM-002583-r2-0136.fits"
+    assert spectrum_redshift(frame) is None
