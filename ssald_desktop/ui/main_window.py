@@ -473,6 +473,9 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.training_dock)
         self.tabifyDockWidget(self.spectrum_dock, self.training_dock)
         self.spectrum_dock.raise_()
+        # The cutout panel needs ~430 px; the rest of the right column goes to the table.
+        self.resizeDocks([self.cutout_dock, self.table_dock], [430, 520],
+                         Qt.Orientation.Vertical)
 
     def _build_docks(self) -> None:
         self.cutout_panel = CutoutPanel(spec=self.spec)
