@@ -88,6 +88,7 @@ class GalaxyList:
         mag = _column(table, f"mag_{band}", f"modelMag_{band}", "mag")
         r50 = _column(table, "r_half_arcsec", f"petroR50_{band}", "size")
         rpetro = _column(table, "r_petro_arcsec", f"petroRad_{band}")
+        z = _column(table, "z_spec", "z")
         return cls(
             ids=ids,
             ra=ra,
@@ -97,6 +98,7 @@ class GalaxyList:
             mag=nan if mag is None else mag,
             r50=nan if r50 is None else r50,
             rpetro=nan if rpetro is None else rpetro,
+            z=nan if z is None else z,
             band=band,
         )
 

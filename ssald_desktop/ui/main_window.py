@@ -235,21 +235,27 @@ def reembed_index(index: str, encoder: str, out: Path,
     return str(out)
 
 
-def detect_field_galaxies(frame_set: FrameSet, band: str,
-                          child: ChildProcess | None = None) -> Generator[Any, None, Any]:
+def detect_field_galaxies(frame_set: FrameSet, band: str, child: ChildProcess | None = None,
+                          spectra: LocalSpectra | None = None) -> Generator[Any, None, Any]:
     """Offline galaxy detection of one band (a worker generator yielding progress).
 
     With ``child``, the detection runs in that helper process (photutils holds the GIL for
     long stretches; in a thread it would stall the GUI), given only the one band it needs.
+    With ``spectra``, each source gets the redshift of a local spectrum at its position
+    (column ``z_spec``, NaN elsewhere).
     """
     from ssald_desktop.core import sources
 
     if child is None:
-        return (yield from sources.detect_sources_iter(frame_set, band))
-    yield (0, 1, f"Detecting the sources of the {band} band (helper process)\u2026")
-    one_band = FrameSet({band: frame_set[band]},
-                        psf={band: frame_set.psf[band]} if band in frame_set.psf else None)
-    return (yield from child.call(sources.detect_galaxies, one_band, band))
+        table = yield from sources.detect_sources_iter(frame_set, band)
+    else:
+        yield (0, 1, f"Detecting the sources of the {band} band (helper process)\u2026")
+        one_band = FrameSet({band: frame_set[band]},
+                            psf={band: frame_set.psf[band]} if band in frame_set.psf else None)
+        table = yield from child.call(sources.detect_galaxies, one_band, band)
+    if spectra is not None:  # z where a local spectrum is known (file reads: not in the GUI)
+        table["z_spec"] = spectra.redshifts(np.asarray(table["ra"]), np.asarray(table["dec"]))
+    return table
 
 
 def sources_unavailable() -> str | None:
@@ -730,6 +736,7 @@ class MainWindow(QMainWindow):
             data.frame_set,
             band,
             self.child,
+            self.spectra,
             on_result=lambda table: self._galaxies_ready(table, generation),
             on_error=lambda exc: self._detection_failed(exc, generation),
         )
@@ -742,7 +749,6 @@ class MainWindow(QMainWindow):
         except (ValueError, KeyError) as exc:
             self._detection_failed(exc, generation)
             return
-        galaxies.z = self.spectra.redshifts(galaxies.ra, galaxies.dec)
         self.set_galaxies(galaxies)
         n_sources = len(table)
         self.statusBar().showMessage(

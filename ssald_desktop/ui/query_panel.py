@@ -379,9 +379,7 @@ class QueryPanel(QWidget):
                     continue
             target.add(QueryExample("file", str(p), p.name, thumb))
             added += 1
-        if added and search and not negative:
-            self.search()
-        elif added and search and self.positives.examples:
+        if added and search and self.positives.examples:
             self.search()
 
     def add_position(self, ra: float, dec: float, frame_set: Any, label: str,

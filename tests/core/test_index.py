@@ -11,19 +11,8 @@ import pytest
 
 from tests.core.test_embeddings import (
     image_folder,
-    indexed_store,
     tiny_encoder,
 )
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp()
-
-
-@pytest.fixture(scope="module")
-def store_dir(base):
-    return indexed_store(base)
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,6 @@ RENDERS = DATA / "renders" / "gothic"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp()
-
-
-@pytest.fixture(scope="module")
-def store_dir(base):
-    return indexed_store(base)
-
-
-@pytest.fixture(scope="module")
 def searcher(store_dir):
     from ssald_desktop.core.query import Searcher
 

@@ -306,3 +306,21 @@ def test_a_query_image_seeds_the_review_queue(window, qtbot):
     assert not review.exploring
     assert review.queue and all(item.sampler != "diversity" for item in review.queue)
     assert "1 query image" in review.note_label.text()
+
+
+def test_detection_task_adds_local_redshifts(quiet_field):
+    """The z column is filled in the worker: a source on a local spectrum's fibre gets its z."""
+    from ssald_desktop.core.progress import run_to_end
+    from ssald_desktop.ui.galaxy_table import GalaxyList
+    from ssald_desktop.ui.main_window import LocalSpectra, detect_field_galaxies
+
+    spectra = LocalSpectra([DATA / "sdss" / "spectra"])
+    table = run_to_end(detect_field_galaxies(quiet_field, "r", None, spectra), lambda _: None)
+    z = np.asarray(table["z_spec"])
+    # spec-3126-54804-0211 is an F star inside the field (z ~ 0): the star under it gets it.
+    near = np.hypot((np.asarray(table["ra"]) - 38.3018) * np.cos(np.radians(-0.1339)),
+                    np.asarray(table["dec"]) + 0.1339) * 3600 < 2
+    assert near.any() and np.all(np.isfinite(z[near])) and np.all(np.abs(z[near]) < 0.01)
+    assert np.isnan(z[~near]).mean() > 0.99
+    galaxies = GalaxyList.from_table(table)
+    assert len(galaxies.z) == len(galaxies)

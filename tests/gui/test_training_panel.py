@@ -20,20 +20,13 @@ from ssald_desktop.ui.training_panel import (
     run_outcome,
 )
 from ssald_desktop.ui.workers import TaskRunner
-from tests.conftest import DATA
-from tests.launch.conftest import REMOTE_PYTHON, SSHD, SshServer, tiny_config
-
-GZ2_IMAGES = DATA / "gz2" / "images"
+from tests.launch.conftest import REMOTE_PYTHON, SSHD, SshServer, copy_gz2, tiny_config
 
 
 @pytest.fixture(scope="module")
 def gz2_images(tmp_path_factory) -> Path:
     """128 real GZ2 galaxy JPEGs copied into a temporary folder."""
-    folder = tmp_path_factory.mktemp("gz2") / "images"
-    folder.mkdir()
-    for path in sorted(GZ2_IMAGES.glob("*.jpg"))[:128]:
-        shutil.copy2(path, folder / path.name)
-    return folder
+    return copy_gz2(tmp_path_factory, 128)
 
 
 def _panel(qtbot, data: str | None = None) -> tuple[TrainingPanel, TaskRunner]:

@@ -42,20 +42,23 @@ def tiny_config(steps: int = 8, log_every: int = 2, checkpoint_every: int = 4,
     }
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data_dir(tmp_path, monkeypatch):
-    """The run registry and known_hosts of every test live in its tmp folder."""
-    monkeypatch.setenv("SSALD_DATA_DIR", str(tmp_path / "data"))
+# The run registry and known_hosts of every test live in its tmp folder: tests/conftest.py
+# points SSALD_DATA_DIR there.
+
+
+def copy_gz2(tmp_path_factory, n: int) -> Path:
+    """The first ``n`` real GZ2 galaxy JPEGs (by name), copied into a temporary folder."""
+    folder = tmp_path_factory.mktemp("gz2") / "images"
+    folder.mkdir()
+    for path in sorted(GZ2_IMAGES.glob("*.jpg"))[:n]:
+        shutil.copy2(path, folder / path.name)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def gz2_subset(tmp_path_factory) -> Path:
-    """256 real GZ2 galaxy JPEGs (the first by name), copied into a temporary folder."""
-    folder = tmp_path_factory.mktemp("gz2") / "images"
-    folder.mkdir()
-    for path in sorted(GZ2_IMAGES.glob("*.jpg"))[:256]:
-        shutil.copy2(path, folder / path.name)
-    return folder
+    """256 real GZ2 galaxy JPEGs, copied into a temporary folder."""
+    return copy_gz2(tmp_path_factory, 256)
 
 
 @pytest.fixture()
