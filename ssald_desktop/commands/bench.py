@@ -67,6 +67,7 @@ def _search(args: argparse.Namespace) -> int:
         kind=args.kind,
         mode=args.mode,
         force=args.force,
+        whiten=args.whiten,
     )
     print(search_summary(r))
     write_json(r, args.json)
@@ -115,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
     q.add_argument("--mode", default="tile", choices=["tile", "interpolate"])
     q.add_argument("--force", action="store_true", help="run even past the memory estimate")
+    q.add_argument("--whiten", default="auto", choices=["auto", "pca", "none"],
+                   help="PCA whitening of the index (default auto: from 1,000 vectors)")
     q.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     q.set_defaults(func=_search)
     for name in EXTRA_BENCH_MODULES:

@@ -104,12 +104,15 @@ def _read_labels(labels_csv: str | Path) -> dict[str, str]:
     return {str(r[id_col]).strip(): str(r["label"]).strip() for r in rows}
 
 
-def _precision(vectors: np.ndarray, labels: np.ndarray, positive: str, k: int
-               ) -> tuple[float, np.ndarray]:
-    """Mean precision@k of the positive class's queries among ``vectors`` (self excluded)."""
+def _precision(vectors: np.ndarray, labels: np.ndarray, positive: str, k: int,
+               whiten: str = "auto") -> tuple[float, np.ndarray]:
+    """Mean precision@k of the positive class's queries among ``vectors`` (self excluded).
+
+    The index is the one the product builds (``kind="auto"``), whitened as ``whiten`` says.
+    """
     from ssald_desktop.core.index import build_index, run_build
 
-    si = run_build(build_index(vectors, "auto"))
+    si = run_build(build_index(vectors, "auto", whiten=whiten))
     q = np.flatnonzero(labels == positive)
     _, rows = si.search(vectors[q], k + 1)
     per = np.empty(len(q))
@@ -187,6 +190,7 @@ def bench_retrieval(images_dir: str | Path, labels_csv: str | Path, positive: st
         raise SsaldError(f"k={k} is not below the number of labelled images ({n_lab})")
     vectors = np.asarray(st.vectors())
     p_model, per = _precision(vectors[keep], labels[keep], positive, k)
+    p_plain, _ = _precision(vectors[keep], labels[keep], positive, k, whiten="none")
     p_all, _ = _precision(vectors, labels, positive, k)
     # raw pixels of the labelled images, 32 x 32 x 3, cosine (as model.evaluate.raw_pixels)
     from model.evaluate import raw_pixels
@@ -197,7 +201,8 @@ def bench_retrieval(images_dir: str | Path, labels_csv: str | Path, positive: st
         imgs = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) / 255.0
                          for f in sources[s:s + 512]])
         raw.append(raw_pixels(imgs, raw_size))
-    p_raw, _ = _precision(np.concatenate(raw).astype(np.float32), labels[keep], positive, k)
+    p_raw, _ = _precision(np.concatenate(raw).astype(np.float32), labels[keep], positive, k,
+                          whiten="none")
     n_pos = int((labels[keep] == positive).sum())
     base = n_pos / n_lab
     card = info.card
@@ -206,10 +211,12 @@ def bench_retrieval(images_dir: str | Path, labels_csv: str | Path, positive: st
         "positive": positive, "k": int(k), "n_images": len(ids), "n_labelled": n_lab,
         "n_positive": n_pos, "base_rate": base, "precision_at_k": p_model,
         "precision_at_k_median": float(np.median(per)),
+        "precision_at_k_unwhitened": p_plain,
         "raw_pixels_precision_at_k": p_raw, "lift": p_model / base if base else math.nan,
         "precision_at_k_all_neighbours": p_all,
         "neighbours": "the k nearest other labelled images (unlabelled ones are indexed but "
-                      "skipped); cosine similarity; exact search",
+                      "skipped); cosine similarity of PCA-whitened embeddings as the product's "
+                      "index (precision_at_k_unwhitened: plain cosine); exact search",
         "raw_pixels": f"{raw_size}x{raw_size}x3 pixels, antialiased resize, cosine",
         "encoder": str(enc), "encoder_id": info.encoder_id,
         "encoder_card": {"parameters": card.get("parameters"),
@@ -225,7 +232,8 @@ def bench_retrieval(images_dir: str | Path, labels_csv: str | Path, positive: st
 def retrieval_summary(r: dict[str, Any]) -> str:
     """One paragraph for the terminal."""
     return (f"retrieval: precision@{r['k']} for {r['positive']!r} = {r['precision_at_k']:.3f} "
-            f"(raw pixels {r['raw_pixels_precision_at_k']:.3f}, base rate {r['base_rate']:.3f}, "
+            f"(unwhitened {r.get('precision_at_k_unwhitened', float('nan')):.3f}, "
+            f"raw pixels {r['raw_pixels_precision_at_k']:.3f}, base rate {r['base_rate']:.3f}, "
             f"lift {r['lift']:.2f}x) over {r['n_positive']} queries among {r['n_labelled']} "
             f"labelled of {r['n_images']} images; encoder {Path(r['encoder']).name} "
             f"({str(r['encoder_id'])[:12]}); goal {r['goal_precision']}")
@@ -341,7 +349,7 @@ def bench_search(n: int, dim: int, k: int = 50, source: str = "gz2",
                  embeddings: Any = None, *, kind: str = "auto", n_queries: int = 200,
                  threshold: int | None = None, target_recall: float = GOAL_RECALL,
                  noise: float = 0.5, mode: str = "tile", seed: int = 0,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False, whiten: str = "auto") -> dict[str, Any]:
     """Build time, memory, query latency and recall@k of the index the product would choose.
 
     Parameters
@@ -369,6 +377,9 @@ def bench_search(n: int, dim: int, k: int = 50, source: str = "gz2",
         Random seed.
     force : bool
         Run even when the memory estimate exceeds the available memory.
+    whiten : {"auto", "pca", "none"}
+        The index's PCA whitening (:func:`ssald_desktop.core.index.build_index`); recall is
+        measured against exact search in the same (whitened) space.
 
     Returns
     -------
@@ -425,7 +436,7 @@ def bench_search(n: int, dim: int, k: int = 50, source: str = "gz2",
     rss0 = _rss_bytes()
     tb = time.perf_counter()
     si = run_build(build_index(vectors, kind, threshold=threshold, target_recall=target_recall,
-                               k=k, seed=seed))
+                               k=k, seed=seed, whiten=whiten))
     build_s = time.perf_counter() - tb
     rss1 = _rss_bytes()
     with tempfile.TemporaryDirectory() as tmp:
@@ -441,7 +452,7 @@ def bench_search(n: int, dim: int, k: int = 50, source: str = "gz2",
         _, rows = si.search(queries[i:i + 1], k)
         times.append((time.perf_counter() - t) * 1e3)
         found[i] = rows[0]
-    _, truth = exact_neighbours(vectors, queries, k)
+    _, truth = exact_neighbours(vectors, queries, k, transform=si.transform)
     recall = recall_at_k(found, truth, k)
     p50, p95 = float(np.percentile(times, 50)), float(np.percentile(times, 95))
     exact_p50 = None
@@ -468,6 +479,7 @@ def bench_search(n: int, dim: int, k: int = 50, source: str = "gz2",
         "recall_at_k": recall, "n_queries": int(len(queries)),
         "tuning_recall": si.meta.get("recall"), "exact_p50_ms": exact_p50,
         "tried": si.meta.get("tried", []), "target_recall": target_recall,
+        "whitening": si.meta.get("whitening"),
         "threshold": threshold, "faiss_threads": _faiss_threads(),
         "meets_goal": bool(recall >= GOAL_RECALL and p50 <= GOAL_P50_MS),
     })

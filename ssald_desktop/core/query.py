@@ -552,17 +552,19 @@ class Searcher:
             cand = np.unique(rows[rows >= 0])
             q = P
         cand = np.array([r for r in cand if int(r) not in excluded], np.int64)
+        # similarities as the index measures them (whitened when it is; see core.index)
+        unit = self.index.transform
         vecs = self.store.vectors()
         if len(cand):
             order = np.argsort(cand)
-            X = np.empty((len(cand), vecs.shape[1]), np.float32)
-            X[order] = l2_normalise(np.asarray(vecs[cand[order]]))
+            X = np.empty((len(cand), self.index.dim), np.float32)
+            X[order] = unit(np.asarray(vecs[cand[order]]))
         else:
-            X = np.zeros((0, vecs.shape[1]), np.float32)
-        cos = (X @ q.T).max(axis=1) if len(cand) else np.zeros(0, np.float32)
+            X = np.zeros((0, self.index.dim), np.float32)
+        cos = (X @ unit(q).T).max(axis=1) if len(cand) else np.zeros(0, np.float32)
         score = cos.copy()
         if neg:
-            N = np.stack([x.vector for x in neg])
+            N = unit(np.stack([x.vector for x in neg]))
             score = cos - float(negative_weight) * (X @ N.T).max(axis=1)
         top = np.argsort(-score, kind="stable")[:k]
         objs = {o["row"]: o for o in self.store.objects(cand[top])}

@@ -32,11 +32,22 @@ def tiled(vectors):
     return (v + 0.3 * scale * rng.standard_normal(v.shape)).astype(np.float32)
 
 
-def brute_force(vectors, queries, k):
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    sims = unit(queries.astype(np.float64)) @ unit(vectors.astype(np.float64)).T
+
+def numpy_whitening(vectors, shrink=1e-3):
+    """PCA whitening with shrinkage, written independently of the index (float64)."""
+    u = unit(vectors.astype(np.float64))
+    mean = u.mean(axis=0)
+    val, vec = np.linalg.eigh(np.cov(u - mean, rowvar=False))
+    val = np.maximum(val, 0.0)
+    proj = vec / np.sqrt(val + shrink * val.max())
+    return lambda x: unit((unit(x.astype(np.float64)) - mean) @ proj)
+
+
+def brute_force(vectors, queries, k, transform=unit):
+    sims = transform(queries.astype(np.float64)) @ transform(vectors.astype(np.float64)).T
     rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, rows, 1), rows
 
@@ -44,9 +55,10 @@ def brute_force(vectors, queries, k):
 def test_exact_index_equals_brute_force(vectors):
     from ssald_desktop.core.index import build_index, run_build
 
-    si = run_build(build_index(vectors, "auto"))
+    si = run_build(build_index(vectors, "auto", whiten="none"))
     assert si.kind == "flat" and si.count == len(vectors) and "below the threshold" in \
         si.meta["choice"]
+    assert not si.whitened
     q = vectors[::15] + 0.01
     sims, rows = si.search(q, 10)
     ref_s, ref_r = brute_force(vectors, q, 10)
@@ -60,7 +72,7 @@ def test_exact_index_equals_brute_force(vectors):
     np.testing.assert_array_equal(rows[clear], ref_r[clear])
     # and on vectors without near-ties, every row
     g = np.random.default_rng(3).standard_normal((1000, 16)).astype(np.float32)
-    si = run_build(build_index(g, "flat"))
+    si = run_build(build_index(g, "flat", whiten="none"))
     sims, rows = si.search(g[:50] + 0.1, 20)
     ref_s, ref_r = brute_force(g, g[:50] + 0.1, 20)
     np.testing.assert_array_equal(rows, ref_r)
@@ -85,8 +97,55 @@ def test_approximate_index_reaches_target_recall(tiled, kind):
     q = tiled[rng.choice(len(tiled), 100, replace=False)]
     q = q + 0.1 * tiled.std(axis=0) * rng.standard_normal(q.shape).astype(np.float32)
     _, found = si.search(q, 20)
-    _, truth = brute_force(tiled, q, 20)
+    assert si.whitened  # 2,000 vectors: the index compares whitened vectors
+    _, truth = brute_force(tiled, q, 20, transform=numpy_whitening(tiled))
     assert recall_at_k(found, truth, 20) >= 0.9
+
+
+def test_whitened_exact_index_equals_independent_whitening(tiled, vectors, tmp_path):
+    """The index's PCA whitening (faiss) against one written here with numpy."""
+    from ssald_desktop.core.index import SimilarityIndex, build_index, run_build
+
+    si = run_build(build_index(tiled, "flat"))
+    assert si.whitened and si.meta["whitening"]["kind"] == "pca"
+    assert si.meta["whitening"]["fitted_on"] == len(tiled)
+    rng = np.random.default_rng(11)
+    q = tiled[::40] + 0.05 * tiled.std(axis=0) * rng.standard_normal(
+        tiled[::40].shape).astype(np.float32)
+    sims, rows = si.search(q, 10)
+    ref_s, ref_r = brute_force(tiled, q, 10, transform=numpy_whitening(tiled))
+    np.testing.assert_allclose(sims, ref_s, atol=2e-3)
+    clear = np.ones_like(rows, bool)
+    gaps = np.abs(np.diff(ref_s, axis=1))
+    clear[:, :-1] &= gaps > 5e-3
+    clear[:, 1:] &= gaps > 5e-3
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(rows[clear], ref_r[clear])
+    # whitening changes the neighbours (otherwise this test could not fail)
+    _, plain = brute_force(tiled, q, 10)
+    assert (plain != ref_r).mean() > 0.2
+    # it is saved with the index and applied to additions and queries after loading
+    si.save(tmp_path)
+    back = SimilarityIndex.load(tmp_path)
+    assert back.whitened
+    np.testing.assert_array_equal(back.search(q, 10)[1], rows)
+    back.add(q[:3])
+    s3, r3 = back.search(q[:3], 1)
+    np.testing.assert_array_equal(r3[:, 0], len(tiled) + np.arange(3))
+    np.testing.assert_allclose(s3[:, 0], 1.0, atol=1e-5)
+
+
+def test_whitening_needs_enough_vectors(vectors):
+    from ssald_desktop.core.errors import SsaldError
+    from ssald_desktop.core.index import WHITEN_MIN, build_index, run_build
+
+    small = vectors[: min(len(vectors), WHITEN_MIN - 1)]
+    si = run_build(build_index(small, "auto"))
+    assert not si.whitened and "too few" in si.meta["whitening"]["kind"]
+    with pytest.raises(SsaldError, match="needs more than"):
+        run_build(build_index(small[: small.shape[1]], "flat", whiten="pca"))
+    with pytest.raises(SsaldError, match="whiten must be one of"):
+        run_build(build_index(small, "flat", whiten="zca"))
 
 
 def test_exact_search_joins_when_no_approximate_index_meets_the_goal():
