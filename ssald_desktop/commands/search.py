@@ -1,9 +1,14 @@
 """``ssald-cli embed``, ``ssald-cli index`` and ``ssald-cli search``: the similarity search.
 
 - ``embed --encoder PATH (--images DIR | --shards DIR) --out STORE``: encode a folder of
-  PNG/JPEG images or the miner's HDF5 shards into an embedding store (only what changed).
-- ``index --store STORE [--kind auto|flat|ivf|hnsw|ivfpq]``: build the faiss index beside the
-  vectors (``auto`` chooses by measured recall), or ``--update`` to add new vectors.
+  PNG/JPEG images or the miner's HDF5 or TFRecord shards into an embedding store (only what
+  changed).
+- ``embed --from-shards DIR --store STORE [--encoder PATH]``: merge the embedding shards of the
+  distributed job (``python -m model.encode --out DIR``) into a store (``--store`` is another
+  name for ``--out``); ``--encoder`` records this machine's copy of the job's encoder.
+- ``index --store STORE [--kind auto|flat|ivf|hnsw|ivfpq] [--whiten auto|pca|none]``: build
+  the faiss index beside the vectors (``auto`` chooses by measured recall; whitening from
+  1,000 vectors), or ``--update`` to add new vectors.
 - ``search --index STORE (--query FILE... | --object ID...) [--negative FILE|ID ...] --k 20
   [--json OUT]``: print the results (rank, id, similarity) and write them as JSON.
 """
@@ -34,11 +39,13 @@ def _embed(args: argparse.Namespace) -> int:
     from ssald_desktop.core.embeddings import encode, run_encode
     from ssald_desktop.core.errors import SsaldError
 
+    quiet = args.quiet
+    if args.from_shards:
+        return _embed_from_shards(args)
     encoder = args.encoder or str(DEFAULT_ENCODER)
     if not Path(encoder).exists():
         raise SsaldError(f"{encoder}: no such encoder (give --encoder PATH)")
-    source, fmt = (args.images, "images") if args.images else (args.shards, "h5")
-    quiet = args.quiet
+    source, fmt = (args.images, "images") if args.images else (args.shards, "auto")
 
     def show(p):
         if not quiet:
@@ -49,6 +56,24 @@ def _embed(args: argparse.Namespace) -> int:
     print(f"embed: {r['encoded']} new and {r['rewritten']} changed object(s) encoded, "
           f"{r['skipped']} unchanged; the store {r['store']} holds {r['count']} vectors "
           f"({r['seconds']:.1f} s)")
+    _write_json(r, args.json)
+    return 0
+
+
+def _embed_from_shards(args: argparse.Namespace) -> int:
+    from ssald_desktop.core.embeddings import import_shards, run_encode
+
+    quiet = args.quiet
+
+    def show(p):
+        if not quiet:
+            print(f"{_bar(p.done, p.total)} {p.done}/{p.total} ({p.encoded} imported, "
+                  f"{p.skipped} unchanged)", flush=True)
+
+    r = run_encode(import_shards(args.from_shards, args.out, encoder=args.encoder), show)
+    print(f"embed: {r['imported']} new and {r['rewritten']} changed vector(s) merged from "
+          f"{r['shards']} embedding shard(s), {r['skipped']} unchanged; the store {r['store']} "
+          f"holds {r['count']} vectors ({r['seconds']:.1f} s)")
     _write_json(r, args.json)
     return 0
 
@@ -69,12 +94,12 @@ def _index(args: argparse.Namespace) -> int:
             if not quiet:
                 print(f"{p.stage}: {p.done}/{p.total}", flush=True)
 
-        kw = {"target_recall": args.recall, "k": args.recall_k}
+        kw = {"target_recall": args.recall, "k": args.recall_k, "whiten": args.whiten}
         if args.threshold is not None:
             kw["threshold"] = args.threshold
         si = run_build(build_store_index(store, args.kind, **kw), show)
         print(f"index: {si.kind} {si.params} over {si.count} vectors at {si.path}; "
-              f"{si.meta.get('choice')}")
+              f"{si.meta.get('choice')}; whitening: {si.meta['whitening']['kind']}")
         if si.meta.get("warning"):
             print(f"warning: {si.meta['warning']}", file=sys.stderr)
     _write_json({"kind": si.kind, "params": si.params, "count": si.count,
@@ -111,8 +136,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--encoder", help=f"exported encoder .keras (default {DEFAULT_ENCODER})")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="folder of PNG/JPEG images")
-    src.add_argument("--shards", metavar="DIR", help="the miner's output folder (HDF5 shards)")
-    e.add_argument("--out", required=True, metavar="STORE", help="embedding store folder")
+    src.add_argument("--shards", metavar="DIR",
+                     help="the miner's output folder (HDF5 or TFRecord shards)")
+    src.add_argument("--from-shards", metavar="DIR",
+                     help="merge embedding shards of `python -m model.encode --out DIR`")
+    e.add_argument("--out", "--store", dest="out", required=True, metavar="STORE",
+                   help="embedding store folder")
     e.add_argument("--batch", type=int, default=64, help="images per batch")
     e.add_argument("--quiet", action="store_true", help="no progress lines")
     e.add_argument("--json", metavar="OUT", help="write the summary as JSON")
@@ -125,6 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--threshold", type=int, help="exact search below this many vectors")
     i.add_argument("--recall", type=float, default=0.95, help="target recall@k vs exact")
     i.add_argument("--recall-k", type=int, default=50, help="k of the recall measurement")
+    i.add_argument("--whiten", choices=["auto", "pca", "none"], default="auto",
+                   help="PCA whitening of the embeddings (default auto: from 1,000 vectors)")
     i.add_argument("--update", action="store_true",
                    help="add the store's new vectors to the saved index (rebuild if needed)")
     i.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -16,6 +16,13 @@ Image sets
   composites for an 8-bit encoder, the ``images`` band cubes (nanomaggies) for a band-cube
   encoder; ids, RA and Dec from the shards, the NormSpec from their ``normspec`` attribute;
   row 0 is the south edge (FITS order), as the shards store it.
+- :class:`TFRecordShards`: the miner's TFRecord shards (``tfrecord/*/shard-*.tfrecord``), the
+  same cutouts as its HDF5 shards (features ``rgb``, ``image``, ``shape``, ``normspec_digest``);
+  ids, RA and Dec from the miner's ``manifest.sqlite`` where it records the shard (else one
+  pass over the records), the NormSpec from ``normspec.json`` near the shards. TensorFlow
+  (which decodes the records) is imported only when pixels are read. Local files only; at
+  survey scale (``gs://``, TPUs, several workers) the distributed job :mod:`model.encode`
+  encodes them into embedding shards that :func:`import_shards` merges into a store.
 - :class:`ArraySet`: images already in memory (e.g. the cutouts of a field's galaxies).
 
 Preprocessing (:func:`prepare_images`) is the one used for training and evaluation: the
@@ -37,6 +44,12 @@ Store layout (one folder, :class:`EmbeddingStore`)
   then one transaction adds the rows and the new count, so a crash loses at most the batch in
   flight and never leaves a row without its vector.
 
+Embedding shards (:func:`import_shards`, ``ssald-cli embed --from-shards``) from
+:mod:`model.encode` are merged into a store with the same rules: one encoder and one NormSpec
+per store, objects already stored with the same source signature skipped, changed ones
+overwritten; the shards' coverage (every input row in exactly one shard, no id twice) and every
+``.npy`` (size, SHA-256, shape) are checked first.
+
 "Re-encode only what changed": an object already stored with the same encoder and the same
 source signature (file size and modification time; the content hash for in-memory arrays) is
 skipped; a changed one is encoded again and its vector overwritten in place (``rewrites``
@@ -46,6 +59,7 @@ encoder or another NormSpec are refused: one store, one similarity space.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -59,6 +73,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.pixels import centre_square
 from ssald_desktop.core.errors import DataFileError, SsaldError
 from ssald_desktop.core.progress import run_to_end
 
@@ -71,9 +86,11 @@ __all__ = [
     "ImageFolder",
     "ItemRef",
     "ReadOnlyStoreError",
+    "TFRecordShards",
     "encode",
     "encode_set",
     "encoder_info",
+    "import_shards",
     "load_encoder_checked",
     "normspec_digest",
     "open_image_set",
@@ -87,6 +104,7 @@ VECTORS_FILE = "vectors.f32"
 TABLE_FILE = "objects.sqlite"
 STORE_FORMAT = "ssald-embeddings"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrec", ".tfrecords")
 TOP_DOWN = "top-down"  # row 0 is the top of the picture (PNG/JPEG)
 BOTTOM_UP = "bottom-up"  # row 0 is the bottom / south (FITS arrays, the miner's shards)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -263,14 +281,6 @@ def read_image(path: str | Path, bands: int = 3) -> np.ndarray:
     return centre_square(arr)
 
 
-def centre_square(arr: np.ndarray) -> np.ndarray:
-    """Centre-crop ``(H, W, C)`` to a square of the shorter side (as the training loader)."""
-    h, w = arr.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return arr[top:top + s, left:left + s]
-
-
 def prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
                    input_size: int) -> np.ndarray:
     """Scale and resize raw images exactly as the encoder's training data were.
@@ -295,23 +305,9 @@ def prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
 
 def _prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
                     input_size: int) -> np.ndarray:
-    import tensorflow as tf
+    from model.pixels import prepare_raw_images
 
-    from model.data import apply_scaling
-
-    out: list[np.ndarray | None] = [None] * len(raw)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, r in enumerate(raw):
-        groups.setdefault(tuple(centre_square(r).shape), []).append(i)
-    for shape, idx in groups.items():
-        x = np.stack([apply_scaling(centre_square(raw[i]), scaling) for i in idx])
-        if shape[0] != input_size:
-            x = tf.image.resize(x, (input_size, input_size), antialias=True).numpy()
-        for j, i in enumerate(idx):
-            out[i] = x[j]
-    done = [x for x in out if x is not None]
-    return np.stack(done).astype(np.float32) if done else np.zeros(
-        (0, input_size, input_size, 1), np.float32)
+    return prepare_raw_images(raw, scaling, input_size)
 
 
 _TF_THREAD: Any = None
@@ -539,6 +535,151 @@ class H5Shards:
         return [x for x in out if x is not None]
 
 
+def _tfrecord_files(source: str | Path) -> list[Path]:
+    text = str(source)
+    if "://" in text:
+        raise DataFileError(f"{text}: shards on a remote file system are encoded by the "
+                            "distributed job (python -m model.encode --data ...); the desktop "
+                            "reads local shards")
+    p = Path(source)
+    if p.is_file():
+        if p.suffix.lower() in TFRECORD_EXTENSIONS:
+            return [p]
+        raise DataFileError(f"{p}: not a TFRecord shard (extension {p.suffix!r})")
+    if not p.is_dir():
+        raise DataFileError(f"{p}: no such folder or shard file")
+    for pattern in ("tfrecord/*/shard-*.tfrecord", "*/shard-*.tfrecord", "*.tfrecord",
+                    "*.tfrec", "*.tfrecords"):
+        found = sorted(p.glob(pattern))
+        if found:
+            return found
+    raise DataFileError(f"{p}: no TFRecord shards (tfrecord/*/shard-*.tfrecord or *.tfrecord) "
+                        "found")
+
+
+def _read_tfrecord_images(path: str, image_key: str, digest: str | None) -> np.ndarray:
+    """Every record's image of one TFRecord shard, ``(N, H, W, C)`` (on the TF thread).
+
+    ``rgb``: uint8 ``(n, n, 3)`` as stored; ``images``: the ``(bands, n, n)`` float16/float32
+    cube as float32 with bands last (as :class:`H5Shards` reads it). Each record's
+    ``normspec_digest`` must be ``digest`` (when both are known).
+    """
+    import tensorflow as tf
+
+    feature = "rgb" if image_key == "rgb" else "image"
+    spec = {feature: tf.io.FixedLenFeature([], tf.string),
+            "shape": tf.io.FixedLenFeature([3], tf.int64),
+            "normspec_digest": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    out: list[np.ndarray] = []
+    try:
+        for batch in tf.data.TFRecordDataset(str(path)).batch(256):
+            parsed = tf.io.parse_example(batch, spec)
+            for raw, shape, dig in zip(parsed[feature].numpy(), parsed["shape"].numpy(),
+                                       parsed["normspec_digest"].numpy(), strict=True):
+                if digest and dig and dig.decode() != digest:
+                    raise DataFileError(f"{path}: record {len(out)} is a cutout of NormSpec "
+                                        f"{dig.decode()}, the shards' NormSpec is {digest}")
+                nb, h, w = (int(v) for v in shape)
+                if image_key == "rgb":
+                    if len(raw) != h * w * 3:
+                        raise DataFileError(f"{path}: record {len(out)}: 'rgb' holds {len(raw)} "
+                                            f"bytes, not {h}x{w}x3")
+                    out.append(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
+                    continue
+                itemsize = len(raw) // max(1, nb * h * w)
+                if itemsize not in (2, 4) or len(raw) != itemsize * nb * h * w:
+                    raise DataFileError(f"{path}: record {len(out)}: 'image' holds {len(raw)} "
+                                        f"bytes for shape {(nb, h, w)}: neither float16 nor "
+                                        "float32")
+                x = np.frombuffer(raw, np.float16 if itemsize == 2 else np.float32)
+                out.append(np.transpose(x.reshape(nb, h, w).astype(np.float32), (1, 2, 0)))
+    except tf.errors.OpError as exc:
+        raise DataFileError(f"{path}: not a readable TFRecord shard ({exc.message})") from exc
+    if not out:
+        return np.zeros((0, 0, 0, 0), np.uint8 if image_key == "rgb" else np.float32)
+    try:
+        return np.stack(out)
+    except ValueError as exc:
+        raise DataFileError(f"{path}: its records have images of different shapes") from exc
+
+
+class TFRecordShards:
+    """The miner's TFRecord shards (see the module docstring).
+
+    The same objects, pixels and identity as :class:`H5Shards` of the same mining run, so a
+    store may take either; the source signature is the shard file's size and modification
+    time, so only changed shards are encoded again.
+
+    Parameters
+    ----------
+    source : path-like
+        The miner's output folder, its ``tfrecord`` folder, a folder of ``*.tfrecord`` or one
+        shard (local).
+    image_key : {"rgb", "images"}
+        The Lupton composites (8-bit) or the band cubes (nanomaggies).
+
+    Raises
+    ------
+    DataFileError
+        No shards, no NormSpec (``normspec.json``) near them, an unreadable shard (named).
+    """
+
+    kind = "tfrecord"
+    row_order = BOTTOM_UP
+    image_key: str | None
+
+    def __init__(self, source: str | Path, image_key: str = "rgb"):
+        from model.encode import ShardError, find_normspec, shard_objects
+
+        if image_key not in ("rgb", "images"):
+            raise DataFileError(f"image_key must be 'rgb' or 'images', got {image_key!r}")
+        self.image_key = image_key
+        self.files = _tfrecord_files(source)
+        names = [str(f) for f in self.files]
+        try:
+            self.normspec: dict[str, Any] | None = find_normspec(names, "tfrecord", str(source))
+            objects = on_tf_thread(shard_objects, names, "tfrecord", str(source))
+        except ShardError as exc:
+            raise DataFileError(str(exc)) from exc
+        self._digest = normspec_digest(self.normspec) if self.normspec is not None else None
+        self._refs: list[ItemRef] = []
+        for obj in objects:
+            self._refs += [ItemRef(obj.ids[i], float(obj.ra[i]), float(obj.dec[i]), obj.path, i,
+                                   obj.signature) for i in range(obj.count)]
+        self._cache: tuple[tuple[str, str], np.ndarray] | None = None
+
+    def refs(self) -> list[ItemRef]:
+        """Every object of every shard, in shard order."""
+        return list(self._refs)
+
+    def _images(self, path: str) -> np.ndarray:
+        key = (path, _stat_signature(path))
+        if self._cache is None or self._cache[0] != key:
+            assert self.image_key is not None
+            arr = on_tf_thread(_read_tfrecord_images, path, self.image_key, self._digest)
+            self._cache = (key, arr)
+        return self._cache[1]
+
+    def read(self, refs: Sequence[ItemRef]) -> list[np.ndarray]:
+        """Decode the rows (one shard at a time, the last one kept), as ``(H, W, C)``."""
+        out: list[np.ndarray | None] = [None] * len(refs)
+        by_file: dict[str, list[int]] = {}
+        for j, r in enumerate(refs):
+            by_file.setdefault(r.source, []).append(j)
+        for f, js in by_file.items():
+            try:
+                arr = self._images(f)
+            except OSError as exc:
+                raise DataFileError(f"{f}: cannot read ({exc})") from exc
+            for j in js:
+                if refs[j].item >= len(arr):
+                    raise DataFileError(f"{f}: holds {len(arr)} records, but object "
+                                        f"{refs[j].id!r} is row {refs[j].item} (the miner's "
+                                        "manifest does not describe this file)")
+                out[j] = np.array(arr[refs[j].item])
+        return [x for x in out if x is not None]
+
+
 class ArraySet:
     """Images already in memory, e.g. the cutouts of one field's galaxies.
 
@@ -592,7 +733,7 @@ class ArraySet:
 
 
 def open_image_set(source: str | Path, info: EncoderInfo, fmt: str = "auto") -> ImageSet:
-    """An image folder or HDF5 shards, with the shard key the encoder needs.
+    """An image folder, HDF5 or TFRecord shards, with the shard key the encoder needs.
 
     Parameters
     ----------
@@ -600,20 +741,23 @@ def open_image_set(source: str | Path, info: EncoderInfo, fmt: str = "auto") -> 
         A folder of images, the miner's output folder (or its shards).
     info : EncoderInfo
         The encoder (its scaling decides ``rgb`` or ``images``).
-    fmt : {"auto", "images", "h5"}
-        ``auto``: HDF5 if the folder holds shards, else images.
+    fmt : {"auto", "images", "h5", "tfrecord"}
+        ``auto``: HDF5 if the folder holds HDF5 shards (the miner may write both), else
+        TFRecord if it holds TFRecord shards, else images.
     """
     p = Path(source)
     if fmt == "auto":
         if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
             fmt = "h5"
+        elif p.is_file() and p.suffix.lower() in TFRECORD_EXTENSIONS:
+            fmt = "tfrecord"
         elif p.is_dir() and any(next(p.glob(g), None) is not None for g in (
                 "h5/*/shard-*.h5", "*/shard-*.h5", "*.h5")):
             fmt = "h5"
         elif p.is_dir() and any(next(p.glob(g), None) is not None for g in (
-                "tfrecord/*/shard-*.tfrecord", "*.tfrecord")):
-            raise DataFileError(f"{p}: TFRecord shards are encoded by the distributed job "
-                                "(model package); give the HDF5 shards or an image folder")
+                "tfrecord/*/shard-*.tfrecord", "*/shard-*.tfrecord", "*.tfrecord", "*.tfrec",
+                "*.tfrecords")):
+            fmt = "tfrecord"
         else:
             fmt = "images"
     if fmt == "images":
@@ -621,10 +765,12 @@ def open_image_set(source: str | Path, info: EncoderInfo, fmt: str = "auto") -> 
             raise DataFileError(f"{p}: the encoder {Path(info.path).name} takes band cubes in "
                                 "nanomaggies; a folder of 8-bit images cannot be encoded with it")
         return ImageFolder(p, bands=info.bands)
+    key = "rgb" if info.scaling["kind"] == "uint8" else "images"
     if fmt == "h5":
-        key = "rgb" if info.scaling["kind"] == "uint8" else "images"
         return H5Shards(p, key)
-    raise DataFileError(f"fmt must be auto, images or h5, got {fmt!r}")
+    if fmt == "tfrecord":
+        return TFRecordShards(source, key)
+    raise DataFileError(f"fmt must be auto, images, h5 or tfrecord, got {fmt!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,6 +785,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=2)
+def _tfrecord_rgb(path: str, signature: str) -> np.ndarray:
+    """The ``rgb`` composites of one TFRecord shard (for thumbnails; the last two kept)."""
+    return on_tf_thread(_read_tfrecord_images, path, "rgb", None)
 
 
 class ReadOnlyStoreError(DataFileError):
@@ -989,6 +1141,9 @@ class EmbeddingStore:
                         return None
                     img = np.asarray(h["rgb"][int(obj["item"])])
                 return np.ascontiguousarray(img[::-1])  # FITS order -> top-down
+            if path.suffix.lower() in TFRECORD_EXTENSIONS:
+                arr = _tfrecord_rgb(str(path), _stat_signature(path))
+                return np.ascontiguousarray(arr[int(obj["item"])][::-1])
         except (OSError, DataFileError, KeyError, IndexError, ValueError):
             return None
         return None
@@ -1063,6 +1218,15 @@ class EmbeddingStore:
                                  (str(n + len(refs)),))
         except sqlite3.IntegrityError as exc:
             raise SsaldError(f"{self.path}: duplicate object id in one batch ({exc})") from exc
+
+    def import_shards(self, folder: str | Path, encoder: str | Path | None = None,
+                      callback: Any = None) -> dict[str, Any]:
+        """Merge a folder of embedding shards (:mod:`model.encode`) into this store.
+
+        See :func:`import_shards`; ``callback(progress)`` after every step. Returns its
+        summary.
+        """
+        return run_to_end(import_shards(folder, self, encoder=encoder), callback)
 
     def rewrite(self, rows: Sequence[int], refs: Sequence[ItemRef], vectors: np.ndarray) -> None:
         """Overwrite the vectors of changed objects in place and record their new source."""
@@ -1228,7 +1392,7 @@ def encode_set(image_set: ImageSet, store: EmbeddingStore | str | Path,
 def encode(source: str | Path, store: EmbeddingStore | str | Path, encoder: str | Path, *,
            fmt: str = "auto", batch_size: int = 64) -> Generator[EncodeProgress, None,
                                                                  dict[str, Any]]:
-    """Encode a folder of images or the miner's HDF5 shards (see :func:`encode_set`).
+    """Encode a folder of images or the miner's HDF5/TFRecord shards (see :func:`encode_set`).
 
     Parameters
     ----------
@@ -1238,8 +1402,8 @@ def encode(source: str | Path, store: EmbeddingStore | str | Path, encoder: str 
         The embedding store.
     encoder : path-like
         The exported encoder.
-    fmt : {"auto", "images", "h5"}
-        Format of ``source``.
+    fmt : {"auto", "images", "h5", "tfrecord"}
+        Format of ``source`` (:func:`open_image_set`).
     batch_size : int
         Images per batch.
     """
@@ -1252,3 +1416,121 @@ def run_encode(gen: Generator[EncodeProgress, None, dict[str, Any]],
                callback: Any = None) -> dict[str, Any]:
     """Drive an encoding generator to the end; ``callback(progress)`` after each step."""
     return run_to_end(gen, callback)
+
+
+# --------------------------------------------------------------------------------------------
+# Merging embedding shards of the distributed job
+# --------------------------------------------------------------------------------------------
+
+
+def _shard_refs(side: dict[str, Any]) -> list[ItemRef]:
+    from model.encode import ShardError, shard_rows
+
+    try:
+        rows = shard_rows(side)
+    except ShardError as exc:
+        raise DataFileError(str(exc)) from exc
+    out = []
+    for oid, ra, dec, source, item, signature, _spec, _enc in rows:
+        out.append(ItemRef(str(oid), math.nan if ra is None else float(ra),
+                           math.nan if dec is None else float(dec), str(source), int(item),
+                           str(signature)))
+    return out
+
+
+def import_shards(folder: str | Path, store: EmbeddingStore | str | Path, *,
+                  encoder: str | Path | None = None,
+                  ) -> Generator[EncodeProgress, None, dict[str, Any]]:
+    """Merge the embedding shards of :mod:`model.encode` into a store, yielding progress.
+
+    First every shard is checked (sidecar, the job's encoder and NormSpec) and so is the
+    coverage (every row of every input file in exactly one shard, no id in two shards); then
+    the store is bound to the job's identity, which refuses vectors of another encoder or
+    NormSpec with the same errors as :func:`encode_set`. Objects already stored with the same
+    source signature and encoder are skipped, changed ones overwritten in place, new ones
+    appended; each shard's ``.npy`` is checked (size, SHA-256, shape) as it is read, and each
+    shard is committed before its progress is yielded, so an interrupted merge carries on.
+
+    Parameters
+    ----------
+    folder : path-like
+        The job's ``--out`` folder (``job.json``, ``shards/*.npy`` and ``*.json``).
+    store : EmbeddingStore or path-like
+        The store (created if missing).
+    encoder : path-like, optional
+        The job's encoder on this machine (its SHA-256 must be the job's); recorded as the
+        store's encoder, which embeds query images. By default the path the job recorded.
+
+    Returns
+    -------
+    dict
+        ``imported``, ``rewritten``, ``skipped``, ``total``, ``shards``, ``count`` (in the
+        store), ``seconds``.
+
+    Raises
+    ------
+    DataFileError
+        An unfinished job (objects in no shard), an id in two shards, a corrupt or truncated
+        shard (named), a store of another encoder or NormSpec.
+    """
+    from model.encode import ShardError, check_coverage, load_shard_vectors, read_shard_folder
+
+    t0 = time.perf_counter()
+    src = str(folder)
+    try:
+        job, sides = read_shard_folder(src)
+        total = check_coverage(job, sides)
+    except ShardError as exc:
+        raise DataFileError(str(exc)) from exc
+    digest = normspec_digest(job.get("normspec"))
+    if digest != job["normspec_digest"]:
+        raise DataFileError(f"{Path(src) / 'job.json'}: it records NormSpec digest "
+                            f"{job['normspec_digest']}, but its NormSpec has digest {digest}")
+    encoder_path = job.get("encoder_path")
+    if encoder is not None:
+        info = encoder_info(encoder)
+        if info.encoder_id != job["encoder_id"]:
+            raise DataFileError(f"{encoder}: not the encoder of the shards in {src} (SHA-256 "
+                                f"{info.encoder_id[:12]}, the shards' {job['encoder_id'][:12]})")
+        encoder_path = info.path
+    st = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    st.bind({"dim": int(job["dim"]), "encoder_id": job["encoder_id"],
+             "encoder_path": encoder_path, "normspec": job.get("normspec"),
+             "normspec_digest": digest, "scaling": job["scaling"],
+             "input_size": int(job["input_size"]), "bands": int(job["bands"]),
+             "row_order": job["row_order"], "image_key": job["image_key"],
+             "embedding": "encoder output (raw; the index L2-normalises)"})
+    known = st.signatures()
+    imported = rewritten = skipped = done = 0
+    yield EncodeProgress(0, total)
+    for side in sides:
+        refs = _shard_refs(side)
+        todo = []
+        for k, r in enumerate(refs):
+            kn = known.get(r.id)
+            if kn is not None and kn[1] == r.signature and kn[2] == job["encoder_id"]:
+                skipped += 1
+            else:
+                todo.append((k, r, None if kn is None else kn[0]))
+        if todo:
+            try:
+                vec = load_shard_vectors(src, side)
+            except ShardError as exc:
+                raise DataFileError(str(exc)) from exc
+            new = [(r, vec[k]) for k, r, row in todo if row is None]
+            old = [(row, r, vec[k]) for k, r, row in todo if row is not None]
+            if new:
+                st.append([r for r, _ in new], np.stack([v for _, v in new]))
+                for i, (r, _) in enumerate(new):
+                    known[r.id] = (st.count - len(new) + i, r.signature, job["encoder_id"])
+            if old:
+                st.rewrite([row for row, _, _ in old], [r for _, r, _ in old],
+                           np.stack([v for _, _, v in old]))
+            imported += len(new)
+            rewritten += len(old)
+        done += len(refs)
+        yield EncodeProgress(done, total, imported + rewritten, skipped)
+    return {"imported": imported, "rewritten": rewritten, "skipped": skipped, "total": total,
+            "shards": len(sides), "count": st.count, "store": str(st.path),
+            "encoder_id": job["encoder_id"], "normspec_digest": digest,
+            "seconds": time.perf_counter() - t0}

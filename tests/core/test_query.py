@@ -223,11 +223,14 @@ def test_cli_embed_index_search(base, tmp_path, capsys):
     assert code == 0 and "40 unchanged" in out
     code, out, _ = _cli(["index", "--store", store, "--json", tmp_path / "i.json", "--quiet"],
                         capsys)
-    assert code == 0 and "flat" in out
+    assert code == 0 and "flat" in out and "whitening: none: 40 vectors are too few" in out
     assert json.loads((tmp_path / "i.json").read_text())["kind"] == "flat"
     code, out, _ = _cli(["index", "--store", store, "--kind", "hnsw", "--recall-k", "10",
                          "--quiet"], capsys)
     assert code == 0 and "hnsw" in out
+    code, out, _ = _cli(["index", "--store", store, "--kind", "hnsw", "--recall-k", "10",
+                         "--whiten", "pca", "--quiet"], capsys)
+    assert code == 0 and "whitening: pca" in out  # the search below runs on this one
 
     target = gz2_files(40)[7]
     code, out, err = _cli(["search", "--index", store, "--query", target, "--k", "5", "--json",
