@@ -1,10 +1,11 @@
 """``ssald-cli active``: the active-learning samplers and the fine-tuning trigger, headless.
 
 - ``active suggest --store STORE --labels CSV [--query ID ...] [--query-image FILE ...]
-  [--positive LABEL ...] [--policy default] [--n 20] [--json OUT]``: print the next batch
-  (rank, id, score, sampler, reason, model version).
-- ``active finetune --store STORE --labels CSV --out DIR [--mode head|encoder] [--wait]``:
-  start the background fine-tune (``python -m model.finetune``) on the labelled embeddings.
+  [--positive LABEL ...] [--policy default] [--n 20] [--finetuned DIR] [--json OUT]``: print
+  the next batch (rank, id, score, sampler, reason, model version).
+- ``active finetune --store STORE --labels CSV --out DIR [--mode head|encoder]
+  [--top-layers N] [--wait]``: start the background fine-tune (``python -m model.finetune``)
+  on the labelled embeddings.
 
 The labels CSV has an id column (``object_id``, ``id``, ``galaxy_id``...) and ``label``, as the
 label store exports it.
@@ -24,7 +25,7 @@ def _labels(path: str) -> dict[str, str]:
 
 
 def _suggest(args: argparse.Namespace) -> int:
-    from ssald_desktop.core.active import ActiveLearner, Pool
+    from ssald_desktop.core.active import ActiveLearner, Pool, load_finetuned
 
     pool = Pool.from_store(args.store)
     labels = _labels(args.labels) if args.labels else {}
@@ -33,8 +34,9 @@ def _suggest(args: argparse.Namespace) -> int:
         from ssald_desktop.core.query import Searcher
 
         qvec = [q.vector for q in Searcher(args.store).embed_files(args.query_image)]
+    ft = load_finetuned(args.finetuned, args.store, compute=True) if args.finetuned else None
     learner = ActiveLearner(pool, positive=tuple(args.positive), ignore=tuple(args.ignore),
-                            policy=args.policy, seed=args.seed)
+                            policy=args.policy, seed=args.seed, finetuned=ft)
     import numpy as np
 
     cands = learner.suggest(labels, args.n, queries=args.query,
@@ -44,6 +46,8 @@ def _suggest(args: argparse.Namespace) -> int:
         print(f"{i:>4}  {c.object_id:<24} {c.score:>8.4f}  {c.sampler:<12} {c.reason}")
     version = cands[0].model_version if cands else ""
     print(f"model version {version}; {len(labels)} labels; pool {len(pool)}")
+    if learner.last_finetuned:
+        print(learner.last_finetuned)
     if args.json:
         Path(args.json).write_text(json.dumps({"policy": args.policy, "model_version": version,
                                                "candidates": [c.to_dict() for c in cands]},
@@ -57,7 +61,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
     job = launch_finetune(_labels(args.labels), args.store, args.out,
                           positive=tuple(args.positive), ignore=tuple(args.ignore),
-                          mode=args.mode, encoder=args.encoder, epochs=args.epochs)
+                          mode=args.mode, encoder=args.encoder, epochs=args.epochs,
+                          top_layers=args.top_layers)
     print(f"fine-tune started (pid {job.process.pid}); log {job.log}")
     if args.wait:
         status = job.wait()
@@ -92,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--policy", default="default", choices=list(POLICIES))
     s.add_argument("--n", type=int, default=20, help="batch size (default 20)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--finetuned", metavar="DIR",
+                   help="a finished fine-tune's folder: its head joins the ranking while the "
+                        "labels it learnt still stand")
     s.add_argument("--json", metavar="OUT", help="write the candidates as JSON")
     s.set_defaults(func=_suggest)
     f = asub.add_parser("finetune", help="fine-tune the head in a background process")
@@ -101,6 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--mode", choices=["head", "encoder"], default="head")
     f.add_argument("--encoder", help="encoder for --mode encoder (default: the store's)")
     f.add_argument("--epochs", type=int)
+    f.add_argument("--top-layers", type=int, default=10,
+                   help="encoder mode: how many of the encoder's top weight layers to train")
     f.add_argument("--wait", action="store_true", help="wait for the end and print the card")
     f.set_defaults(func=_finetune)
 

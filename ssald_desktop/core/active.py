@@ -47,10 +47,23 @@ Fine-tuning trigger
 :func:`should_finetune` decides from plain inputs (the current labels and the number of labels
 added since the last fine-tune); :func:`launch_finetune` starts ``python -m model.finetune`` in
 a background process (argument list, no shell) that writes a head ``.keras`` and a JSON card
-to a folder (see :mod:`model.finetune`).
+to a folder (see :mod:`model.finetune`). Head mode (the default) also scores every stored
+object with the new head. Encoder mode fine-tunes the encoder's top layers too, on the
+labelled objects' pixels, read back from the store's sources of whatever kind (the miner's HDF5
+shards, image files; :class:`SourceReader`) by the readers that encoded the store and exported
+to the process (:func:`export_pixels`); the new encoder means the store must be re-embedded.
 
-TensorFlow is never imported here: the head in the loop is scikit-learn; Keras runs only in the
-fine-tuning process.
+A finished fine-tune takes part in ranking (:func:`load_finetuned`, :class:`FinetunedHead`):
+while every label it learnt still stands, its P(positive) is rank-averaged with the refitted
+head's in the exploitation score and joins the committee, weighted by the share of the current
+labels it saw, and the candidates it helped pick carry its version (``.../ft:head-<hex>``).
+The refitted head stays: it sees every label at once, and the presumed negatives of the
+unlabelled pool, which the fine-tuned head (labelled objects only) does not. A label it learnt
+that was undone or changed class makes it stale, and the refitted head ranks alone until the
+next fine-tune.
+
+TensorFlow is never imported at module import: the head in the loop is scikit-learn; Keras runs
+in the fine-tuning process, and in :func:`load_finetuned` only with ``compute=True``.
 """
 
 from __future__ import annotations
@@ -81,13 +94,18 @@ __all__ = [
     "ActiveLearningError",
     "Candidate",
     "FinetuneJob",
+    "FinetuneMismatchError",
+    "FinetunedHead",
     "Head",
     "Pool",
+    "SourceReader",
     "committee_probabilities",
     "committee_scores",
     "fit_head",
     "kcenter_greedy",
+    "export_pixels",
     "launch_finetune",
+    "load_finetuned",
     "propagation_scores",
     "should_finetune",
     "similarity_scores",
@@ -604,6 +622,15 @@ class ActiveLearner:
         Members of the ``committee`` sampler.
     seed : int
         Random seed.
+    finetuned : FinetunedHead, optional
+        A finished background fine-tune (:func:`load_finetuned`). While it matches the labels
+        (same encoder, every label it learnt unchanged: :meth:`FinetunedHead.stale_reason`),
+        its scores join the exploitation score (rank-averaged with the refitted head's) and
+        the committee (one more member), and the candidates so picked carry its version
+        (``.../ft:head-<12 hex>``); otherwise the refitted head works alone.
+    finetuned_weight : float
+        Its weight relative to the refitted head, scaled by the share of the current labels
+        it was trained on (it fades as labels it has not seen arrive, until the next one).
     """
 
     pool: Pool
@@ -621,7 +648,12 @@ class ActiveLearner:
     k: int = 10
     committee: int = 5
     seed: int = 0
+    finetuned: FinetunedHead | None = None
+    finetuned_weight: float = 1.0
     last_head: Head | None = field(default=None, init=False, repr=False)
+    #: What became of :attr:`finetuned` in the last :meth:`suggest` (used, with which weight,
+    #: or why not).
+    last_finetuned: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -634,6 +666,9 @@ class ActiveLearner:
         if len(self.weights) != 3 or min(self.weights) < 0 or sum(self.weights) <= 0:
             raise ActiveLearningError(f"weights must be three non-negative numbers, not all 0: "
                                       f"{self.weights}")
+        if not self.finetuned_weight >= 0:
+            raise ActiveLearningError(f"finetuned_weight must be >= 0, got "
+                                      f"{self.finetuned_weight}")
 
     # -- public -----------------------------------------------------------------------------
     def suggest(self, labels: Mapping[str, str], n: int, *, queries: Sequence[str] = (),
@@ -679,9 +714,38 @@ class ActiveLearner:
                                       "objects are unlabelled")
         pos_all = np.unique(np.r_[pos, qrows]).astype(np.int64)
         ctx = _Context(self, pos_all, neg, ign, qvec, free, round_no)
+        ctx.ft_p, ctx.ft_w, self.last_finetuned = self._finetuned_scores(labels, len(pos)
+                                                                         + len(neg))
+        if ctx.ft_p is not None and self.finetuned is not None:
+            ctx.ft_version = self.finetuned.version
         picks = ctx.run(self.policy, int(n))
         self.last_head = ctx.head
         return picks
+
+    def _finetuned_scores(self, labels: Mapping[str, str], n_labelled: int
+                          ) -> tuple[np.ndarray | None, float, str]:
+        """The fine-tuned head's P(positive) per pool row, its weight, and a note."""
+        ft = self.finetuned
+        if ft is None:
+            return None, 0.0, ""
+        name = f"fine-tuned head {ft.version}"
+        if ft.encoder_id != self.pool.encoder_id:
+            return None, 0.0, (f"{name} not used: it scores encoder {ft.encoder_id[:12]}'s "
+                               f"embeddings, the pool is encoder {self.pool.encoder_id[:12]}'s")
+        why = ft.stale_reason(labels, self.positive, self.ignore)
+        if why:
+            return None, 0.0, f"{name} not used: {why}"
+        if ft.ids == self.pool.ids:
+            q = np.asarray(ft.proba, np.float64)
+        else:
+            where = {i: r for r, i in enumerate(ft.ids)}
+            q = np.array([ft.proba[where[i]] if i in where else np.nan for i in self.pool.ids],
+                         np.float64)
+        seen = sum(1 for i in ft.trained if i in self.pool._row)
+        w = self.finetuned_weight * min(1.0, seen / max(1, n_labelled))
+        if w <= 0:
+            return None, 0.0, f"{name} not used: weight 0"
+        return q, w, f"{name} used with weight {w:.2f} ({seen} of {n_labelled} labels seen)"
 
 
 @dataclass
@@ -698,6 +762,9 @@ class _Context:
     head: Head | None = None
     _p: np.ndarray | None = None
     _version: str = ""
+    ft_p: np.ndarray | None = None
+    ft_w: float = 0.0
+    ft_version: str = ""
 
     @property
     def has_positive(self) -> bool:
@@ -736,6 +803,16 @@ class _Context:
             self._version = (f"enc:{self.al.pool.encoder_id[:12]}/head:none-"
                              f"{_digest(np.sort(self.pos), np.sort(self.neg))}")
         return self._version
+
+    @property
+    def version_ft(self) -> str:
+        """The version of candidates whose score the fine-tuned head took part in."""
+        return f"{self.version}/ft:{self.ft_version}" if self.ft_p is not None else self.version
+
+    def ft_rank(self) -> np.ndarray:
+        """The fine-tuned head's P(positive), rank-normalised over the free rows."""
+        assert self.ft_p is not None
+        return _ranknorm(np.where(np.isnan(self.ft_p), -np.inf, self.ft_p), self.free)
 
     def positive_vectors(self) -> np.ndarray:
         return np.concatenate([self.al.pool.unit[self.pos], self.qvec])
@@ -776,11 +853,12 @@ class _Context:
                     have.add(int(r))
         return chosen
 
-    def _cands(self, rows: list[int], scores: np.ndarray, sampler: str, reason: Any
-               ) -> list[Candidate]:
+    def _cands(self, rows: list[int], scores: np.ndarray, sampler: str, reason: Any,
+               version: str | None = None) -> list[Candidate]:
         p = self._p
+        v = self.version if version is None else version
         return [Candidate(self.al.pool.ids[r], r, float(scores[r]), sampler,
-                          reason(r) if callable(reason) else str(reason), self.version,
+                          reason(r) if callable(reason) else str(reason), v,
                           math.nan if p is None else float(p[r])) for r in rows]
 
     def _nearest_positive(self, r: int) -> str:
@@ -802,6 +880,14 @@ class _Context:
             return self._cands(rows, np.zeros(len(al.pool)), "random", "random draw")
         if sampler == "exploit":
             p = self.proba()
+            if self.ft_p is not None:  # rank average of the refitted and fine-tuned heads
+                q = self.ft_p
+                e = (_ranknorm(p, self.free) + self.ft_w * self.ft_rank()) / (1 + self.ft_w)
+                rows = self._take(e, n, taken, True)
+                return self._cands(rows, e, "exploit", lambda r: (
+                    f"rank score {e[r]:.3f}: head P(positive) {p[r]:.3f}, fine-tuned head "
+                    f"{self.ft_version} P(positive) {q[r]:.3f}{self._nearest_positive(r)}"),
+                    self.version_ft)
             rows = self._take(p, n, taken, True)
             return self._cands(rows, p, "exploit", lambda r: (
                 f"head P(positive) = {p[r]:.3f}{self._nearest_positive(r)}"))
@@ -813,11 +899,18 @@ class _Context:
                                lambda r: f"head undecided: P(positive) = {p[r]:.3f}")
         if sampler == "committee":
             self.proba()
-            c = committee_scores(al.pool, self.pos, self.neg, members=al.committee,
-                                 seed=self.seed, **self.head_kwargs())
+            members = committee_probabilities(al.pool, self.pos, self.neg,
+                                              members=al.committee, seed=self.seed,
+                                              **self.head_kwargs())
+            what = f"{al.committee} bootstrap heads"
+            if self.ft_p is not None:  # the fine-tuned head is one more member
+                members = np.vstack([members, np.where(np.isnan(self.ft_p),
+                                                       members.mean(axis=0), self.ft_p)])
+                what += f" and the fine-tuned head {self.ft_version}"
+            c = np.std(members, axis=0)
             rows = self._take(c, n, taken, True)
             return self._cands(rows, c, "committee", lambda r: (
-                f"{al.committee} bootstrap heads disagree (std {c[r]:.3f})"))
+                f"{what} disagree (std {c[r]:.3f})"), self.version_ft)
         if sampler == "similarity":
             self._need_positive("similarity")
             s = similarity_scores(al.pool, self.positive_vectors())
@@ -870,12 +963,18 @@ class _Context:
             f = self.propagation()
             cons += w_prop * _ranknorm(f, self.free)
             parts.append(lambda r: f"label spreading {f[r]:.4f}")
-        cons /= max(1e-12, w_head + w_sim + w_prop)
+        w_ft = self.ft_w if self.ft_p is not None else 0.0
+        if w_ft:
+            q = self.ft_p
+            assert q is not None
+            cons += w_ft * self.ft_rank()
+            parts.append(lambda r: f"fine-tuned head {self.ft_version} P(positive) {q[r]:.3f}")
+        cons /= max(1e-12, w_head + w_sim + w_prop + w_ft)
         n_explore = int(math.floor(al.explore * n)) if len(self.neg) else 0
         rows = self._take(cons, n - n_explore, [], True)
         out = self._cands(rows, cons, "exploit", lambda r: (
             f"rank score {cons[r]:.3f}: " + ", ".join(part(r) for part in parts)
-            + self._nearest_positive(r)))
+            + self._nearest_positive(r)), self.version_ft)
         if n_explore:
             out += self.single(al.explore_sampler, n_explore, rows)
         return out
@@ -949,6 +1048,221 @@ class FinetuneJob:
         return dict(json.loads(path.read_text()))
 
 
+class SourceReader:
+    """Reads stored objects' raw pixels back from their sources, as the store's encoding did.
+
+    The store records, for every object, its ``source`` (a file, relative to the store folder
+    for a bundled store) and ``item`` (its row in an HDF5 shard). The pixels are read by the
+    very readers that encoded the store (:class:`~ssald_desktop.core.embeddings.H5Shards` with
+    the store's ``image_key``; :func:`~ssald_desktop.core.embeddings.read_image` with its
+    bands; :class:`~ssald_desktop.core.embeddings.TFRecordShards`, which decodes with
+    TensorFlow), so they are the pixels its vectors were made from. One reader per source
+    kind, chosen by the file's suffix (:attr:`KINDS`); another kind fits in as one more entry
+    and method.
+
+    Parameters
+    ----------
+    store : EmbeddingStore
+        The store.
+    """
+
+    #: Source file suffix -> the method that reads such objects.
+    KINDS: dict[str, str] = {".h5": "_read_h5", ".hdf5": "_read_h5", ".png": "_read_files",
+                             ".jpg": "_read_files", ".jpeg": "_read_files",
+                             ".tfrecord": "_read_tfrecord", ".tfrec": "_read_tfrecord",
+                             ".tfrecords": "_read_tfrecord"}
+
+    def __init__(self, store: Any):
+        self.store = store
+        self._shards: dict[str, Any] = {}
+
+    def path_of(self, obj: Mapping[str, Any]) -> Path:
+        """The object's source file, checked to exist and to be of a kind that can be read.
+
+        Raises
+        ------
+        ActiveLearningError
+            No source on disk (in-memory arrays), a missing file, or an unknown kind (all
+            named).
+        """
+        source = str(obj.get("source") or "")
+        if not source or source == "memory":
+            raise ActiveLearningError(
+                f"object {obj['id']!r} of {self.store.path} was encoded from images in memory "
+                "(no source file), so the encoder cannot be fine-tuned on it")
+        path = self.store.source_path(source)
+        if path.suffix.lower() not in self.KINDS:
+            raise ActiveLearningError(
+                f"{path}: source of object {obj['id']!r} is a {path.suffix or 'suffix-less'} "
+                f"file; the encoder can be fine-tuned on {', '.join(sorted(self.KINDS))} sources")
+        if not path.is_file():
+            raise ActiveLearningError(
+                f"{path}: the source of object {obj['id']!r} is missing (the store "
+                f"{self.store.path} was encoded from it); put it back, or re-embed the store "
+                "from where the images are now")
+        return path
+
+    def read(self, objs: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """Raw ``(H, W, C)`` pixels of store objects (table rows), in order."""
+        out: list[np.ndarray | None] = [None] * len(objs)
+        groups: dict[str, list[int]] = {}
+        paths = [self.path_of(o) for o in objs]
+        for j, p in enumerate(paths):
+            groups.setdefault(self.KINDS[p.suffix.lower()], []).append(j)
+        for method, js in groups.items():
+            got = getattr(self, method)([objs[j] for j in js], [paths[j] for j in js])
+            for j, x in zip(js, got, strict=True):
+                out[j] = x
+        return [x for x in out if x is not None]
+
+    def _read_files(self, objs: Sequence[Mapping[str, Any]], paths: Sequence[Path]
+                    ) -> list[np.ndarray]:
+        from ssald_desktop.core.embeddings import read_image
+
+        bands = int(self.store.header.get("bands") or 3)
+        return [read_image(p, bands) for p in paths]
+
+    def _read_h5(self, objs: Sequence[Mapping[str, Any]], paths: Sequence[Path]
+                 ) -> list[np.ndarray]:
+        from ssald_desktop.core.embeddings import H5Shards
+
+        return self._read_shards(objs, paths, H5Shards)
+
+    def _read_tfrecord(self, objs: Sequence[Mapping[str, Any]], paths: Sequence[Path]
+                       ) -> list[np.ndarray]:
+        # decoded with TensorFlow (on embeddings' TF thread): in the GUI, export such a store
+        # from the TensorFlow helper process
+        from ssald_desktop.core.embeddings import TFRecordShards
+
+        return self._read_shards(objs, paths, TFRecordShards)
+
+    def _read_shards(self, objs: Sequence[Mapping[str, Any]], paths: Sequence[Path],
+                     shard_class: Any) -> list[np.ndarray]:
+        """Rows of the miner's shards, with the store's image key, checked to be the objects."""
+        from ssald_desktop.core.embeddings import ItemRef, normspec_digest
+
+        key = str(self.store.header.get("image_key") or "rgb")
+        refs = []
+        for o, p in zip(objs, paths, strict=True):
+            shards = self._shards.get(str(p))
+            if shards is None:
+                shards = self._shards[str(p)] = shard_class(p, key)
+                want = self.store.normspec_digest
+                if want and want != "none" and normspec_digest(shards.normspec) != want:
+                    raise ActiveLearningError(
+                        f"{p}: its cutouts have NormSpec {normspec_digest(shards.normspec)}, "
+                        f"the store {self.store.path} was encoded from NormSpec {want}")
+            item = int(o["item"])
+            have = shards.refs()
+            if not 0 <= item < len(have) or have[item].id != str(o["id"]):
+                found = have[item].id if 0 <= item < len(have) else "nothing"
+                raise ActiveLearningError(
+                    f"{p}: row {item} holds {found!r}, but the store {self.store.path} read "
+                    f"object {o['id']!r} there; the shard changed since: re-embed the store")
+            refs.append(ItemRef(str(o["id"]), math.nan, math.nan, have[item].source, item, ""))
+        # one reader serves every shard of its kind: it opens each ref's own file
+        return list(self._shards[str(paths[0])].read(refs)) if refs else []
+
+
+def export_pixels(store: Any, rows: Sequence[int], path: str | Path,
+                  batch_size: int = 256) -> int:
+    """Write the raw pixels of some store objects to ``path`` for the fine-tuning process.
+
+    The objects are read back from their sources with :class:`SourceReader` (the readers the
+    store was encoded with), ``batch_size`` at a time, and appended to an HDF5 file in the
+    layout :func:`model.finetune.read_pixels` reads (one dataset per distinct raw shape), so
+    that memory holds one batch, never the store.
+
+    Parameters
+    ----------
+    store : EmbeddingStore
+        The store.
+    rows : sequence of int
+        Its rows to export, in the order of the training data.
+    path : path-like
+        The ``.h5`` file (replaced).
+    batch_size : int
+        Objects read per step.
+
+    Returns
+    -------
+    int
+        Objects written.
+
+    Raises
+    ------
+    ActiveLearningError, DataFileError
+        A missing or changed source, an unreadable image (named).
+    """
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    reader = SourceReader(store)
+    shapes: dict[tuple[tuple[int, ...], str], int] = {}
+    which = np.zeros(len(rows), np.int32)
+    slot = np.zeros(len(rows), np.int32)
+    ids: list[str] = []
+    with h5py.File(tmp, "w") as h:
+        h.attrs["format"] = "ssald-finetune-pixels"
+        h.attrs["version"] = 1
+        h.attrs["store"] = str(store.path)
+        h.attrs["image_key"] = str(store.header.get("image_key") or "")
+        h.attrs["row_order"] = str(store.header.get("row_order") or "")
+        grp = h.create_group("shapes")
+        for s in range(0, len(rows), batch_size):
+            objs = store.objects(rows[s:s + batch_size])
+            raw = reader.read(objs)
+            ids += [str(o["id"]) for o in objs]
+            by_key: dict[tuple[tuple[int, ...], str], list[int]] = {}
+            for k, x in enumerate(raw):
+                by_key.setdefault((tuple(x.shape), x.dtype.str), []).append(k)
+            for key, ks in by_key.items():
+                if key not in shapes:
+                    shapes[key] = len(shapes)
+                    grp.create_dataset(str(shapes[key]), shape=(0, *key[0]),
+                                       maxshape=(None, *key[0]), dtype=np.dtype(key[1]),
+                                       chunks=(1, *key[0]))
+                ds = grp[str(shapes[key])]
+                n0 = ds.shape[0]
+                ds.resize(n0 + len(ks), axis=0)
+                ds[n0:] = np.stack([raw[k] for k in ks])
+                for j, k in enumerate(ks):
+                    which[s + k], slot[s + k] = shapes[key], n0 + j
+        h.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()))
+        h.create_dataset("which", data=which)
+        h.create_dataset("slot", data=slot)
+    tmp.replace(path)
+    return len(ids)
+
+
+def _store_encoder(st: Any, encoder: str | Path | None) -> Any:
+    """The encoder to fine-tune (default: the store's own, relative to the store), checked."""
+    from ssald_desktop.core.embeddings import encoder_info
+    from ssald_desktop.core.errors import DataFileError
+
+    path = Path(str(encoder)) if encoder else None
+    if path is None:
+        recorded = st.header.get("encoder_path")
+        if not recorded:
+            raise ActiveLearningError(f"{st.path}: the store records no encoder; give one")
+        path = st.source_path(str(recorded))
+    if not path.is_file():
+        raise ActiveLearningError(f"{path}: encoder not found (needed to fine-tune the encoder "
+                                  f"of {st.path})")
+    try:
+        info = encoder_info(path)
+    except DataFileError as exc:
+        raise ActiveLearningError(str(exc)) from exc
+    kind = (st.header.get("scaling") or {}).get("kind")
+    if kind and info.scaling.get("kind") != kind or int(st.header.get("bands") or
+                                                        info.bands) != info.bands:
+        raise ActiveLearningError(
+            f"{path}: the encoder takes {info.bands}-band {info.scaling.get('kind')} input, the "
+            f"store {st.path} holds {st.header.get('bands')}-band {kind} images")
+    return info
+
+
 def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, *,
                     positive: Sequence[str] = DEFAULT_POSITIVE,
                     ignore: Sequence[str] = DEFAULT_IGNORE, mode: str = "head",
@@ -958,10 +1272,16 @@ def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, 
 
     The embeddings of the labelled objects are read from the embedding store and written with
     their labels to ``out_dir/train.npz``; the process fits the head on them (``mode="head"``,
-    the default) or fine-tunes the encoder's top ``top_layers`` weight layers with the head on
-    the objects' image files (``mode="encoder"``; PNG/JPEG stores only) and writes
+    the default; it then also scores every stored object, ``pool_scores.npy``, for
+    :func:`load_finetuned`) or fine-tunes the encoder's top ``top_layers`` weight layers with
+    the head on the objects' pixels (``mode="encoder"``). For that the labelled objects' raw
+    pixels are read back from the store's sources, whatever their kind (the miner's HDF5
+    shards or image files; :class:`SourceReader`), and exported to ``out_dir/pixels.h5``
+    (:func:`export_pixels`) one batch at a time; the process prepares them as the encoder's
+    card says and checks that they give back the stored vectors before training. It writes
     ``head.keras`` and ``head.card.json`` (classes, counts, version; written last, so its
-    presence means done) to ``out_dir``; its output goes to ``out_dir/finetune.log``.
+    presence means done), in encoder mode also ``encoder.keras`` with its model card, to
+    ``out_dir``; its output goes to ``out_dir/finetune.log``.
 
     Parameters
     ----------
@@ -976,7 +1296,8 @@ def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, 
     mode : {"head", "encoder"}
         What to train.
     encoder : path-like, optional
-        The exported encoder (encoder mode; default the store's encoder).
+        The exported encoder (encoder mode; default the store's encoder, a relative path
+        being relative to the store folder).
     epochs, top_layers : int
         Training settings.
     python : str, optional
@@ -985,10 +1306,11 @@ def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, 
     Raises
     ------
     ActiveLearningError
-        An unknown mode, no labels of one of the two classes among the store's objects, or
-        encoder mode on a store whose sources are not image files.
+        An unknown mode, no labels of one of the two classes among the store's objects; in
+        encoder mode a missing encoder, or a labelled object whose source is missing, changed
+        or not on disk (the message names the file).
     """
-    from ssald_desktop.core.embeddings import EmbeddingStore
+    from ssald_desktop.core.embeddings import VECTORS_FILE, EmbeddingStore
 
     if mode not in ("head", "encoder"):
         raise ActiveLearningError(f"fine-tune mode must be 'head' or 'encoder', got {mode!r}")
@@ -1008,19 +1330,29 @@ def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, 
         raise ActiveLearningError(f"fine-tuning needs labels of both classes among the objects "
                                   f"of {st.path} (have {y.count('positive')} positive, "
                                   f"{y.count('negative')} other)")
-    sources = [o["source"] for o in st.objects(rows)]
-    if mode == "encoder":
-        if any(Path(str(s)).suffix.lower() not in (".png", ".jpg", ".jpeg") for s in sources):
-            raise ActiveLearningError(f"{st.path}: encoder fine-tuning needs PNG/JPEG sources")
-        encoder = encoder or st.header.get("encoder_path")
-        if not encoder or not Path(str(encoder)).exists():
-            raise ActiveLearningError(f"encoder {encoder!r} not found")
+    objs = st.objects(rows)
+    sources = [str(st.source_path(o["source"])) if o["source"] else "" for o in objs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("head.card.json", "head.keras"):
+    for stale in ("head.card.json", "head.keras", "pool_scores.npy", "pixels.h5",
+                  "encoder.keras", "encoder.card.json"):
         (out / stale).unlink(missing_ok=True)
-    meta = {"encoder_id": st.encoder_id, "positive": list(positive), "ignore": list(ignore),
-            "store": str(st.path)}
+    for stale_scores in out.glob("pool_scores-*.npy"):
+        stale_scores.unlink()
+    meta: dict[str, Any] = {
+        "encoder_id": st.encoder_id, "positive": list(positive), "ignore": list(ignore),
+        "store": str(st.path), "normspec": st.normspec,
+        "pool": {"vectors": str((st.path / VECTORS_FILE).resolve()), "count": st.count,
+                 "dim": st.dim, "rewrites": st.rewrites, "encoder_id": st.encoder_id}}
+    if mode == "encoder":
+        info = _store_encoder(st, encoder)
+        encoder = info.path
+        reader = SourceReader(st)
+        for o in objs:  # every source first: a missing one fails now, before any reading
+            reader.path_of(o)
+        export_pixels(st, rows, out / "pixels.h5")
+        meta["pixels"] = "pixels.h5"
+        meta["encoder_path"] = info.path
     vec = np.asarray(st.vectors())[np.asarray(rows, np.int64)]
     np.savez(out / "train.npz", ids=np.array(ids), vectors=vec.astype(np.float32),
              labels=np.array(y), original=np.array(orig), sources=np.array(sources, dtype=str),
@@ -1037,3 +1369,150 @@ def launch_finetune(labels: Mapping[str, str], store: Any, out_dir: str | Path, 
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(root))
     return FinetuneJob(proc, out, args, log, time.time())
+
+
+# --------------------------------------------------------------------------------------------
+# Using a finished fine-tune
+# --------------------------------------------------------------------------------------------
+
+
+class FinetuneMismatchError(ActiveLearningError):
+    """A finished fine-tune does not apply to this pool (another encoder, no scores, stale)."""
+
+
+@dataclass(frozen=True)
+class FinetunedHead:
+    """A finished background fine-tune's head, with its scores of the pool's objects.
+
+    Attributes
+    ----------
+    version : str
+        The head's version from its card (``head-<12 hex>``).
+    encoder_id : str
+        The encoder whose embeddings it scores.
+    ids : list of str
+        Object ids, one per score.
+    proba : ndarray
+        Its P(positive) of each object (the Keras head applied once to the stored vectors).
+    trained : dict
+        ``object_id -> True/False`` (positive/negative): the labels it was trained on.
+    folder : str
+        The fine-tune's folder.
+    card : dict
+        Its ``head.card.json``.
+    """
+
+    version: str
+    encoder_id: str
+    ids: list[str]
+    proba: np.ndarray = field(repr=False)
+    trained: dict[str, bool] = field(repr=False)
+    folder: str = ""
+    card: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def stale_reason(self, labels: Mapping[str, str], positive: Iterable[str],
+                     ignore: Iterable[str] = DEFAULT_IGNORE) -> str:
+        """Why it no longer matches the labels ("" when it does).
+
+        It matches while every label it learnt from still stands with the same class: labels
+        added since are the refitted head's to use, but a label it learnt that was undone or
+        changed class makes its scores wrong.
+        """
+        pos_set, ign_set = {str(p) for p in positive}, {str(i) for i in ignore}
+        for object_id, was_positive in self.trained.items():
+            now = labels.get(object_id)
+            if now is None or str(now) in ign_set:
+                return (f"object {object_id!r} it learnt as "
+                        f"{'positive' if was_positive else 'negative'} is no longer labelled so")
+            if (str(now) in pos_set) != was_positive:
+                return (f"object {object_id!r} it learnt as "
+                        f"{'positive' if was_positive else 'negative'} is now {now!r}")
+        return ""
+
+
+def load_finetuned(folder: str | Path, store: Any, *, compute: bool = False,
+                   batch_size: int = 65536) -> FinetunedHead:
+    """The head of a finished fine-tune, with its P(positive) of every object of the store.
+
+    A head-mode fine-tune has scored the store already (``pool_scores.npy``; reading it needs
+    no TensorFlow). Otherwise, e.g. after an encoder fine-tune once the store has been
+    re-embedded with the new encoder, ``compute=True`` loads ``head.keras`` with
+    ``safe_mode=True`` and applies it once to the stored vectors (run that in the TensorFlow
+    helper process); the scores are then cached beside it.
+
+    Parameters
+    ----------
+    folder : path-like
+        The fine-tune's output folder (``head.card.json``, ``head.keras``, ``train.npz``).
+    store : EmbeddingStore or path-like
+        The embedding store of the pool.
+    compute : bool
+        Apply the Keras head when no matching scores exist.
+    batch_size : int
+        Vectors per prediction batch.
+
+    Raises
+    ------
+    FinetuneMismatchError
+        No finished fine-tune there, a head of another encoder's embeddings (an encoder
+        fine-tune before re-embedding), or no scores of this store and ``compute`` False.
+    """
+    from ssald_desktop.core.embeddings import EmbeddingStore
+
+    st = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, create=False)
+    folder = Path(folder)
+    card_path = folder / "head.card.json"
+    if not card_path.is_file():
+        raise FinetuneMismatchError(f"{folder}: no finished fine-tune (no head.card.json)")
+    try:
+        card = json.loads(card_path.read_text())
+        train = np.load(folder / "train.npz", allow_pickle=False)
+        t_ids, t_labels = [str(i) for i in train["ids"]], [str(v) for v in train["labels"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise FinetuneMismatchError(f"{folder}: unreadable fine-tune ({exc})") from exc
+    if card.get("encoder_id") != st.encoder_id:
+        raise FinetuneMismatchError(
+            f"{folder}: its head scores embeddings of encoder {str(card.get('encoder_id'))[:12]}"
+            f", the store {st.path} holds encoder {str(st.encoder_id)[:12]}'s"
+            + (" (re-embed the store with the fine-tuned encoder first)"
+               if card.get("reembed") else ""))
+    n = st.count
+    key = f"{st.encoder_id}:{n}:{st.rewrites}"
+    p: np.ndarray | None = None
+    recorded = card.get("pool") or {}
+    if card.get("pool_scores") and (f"{recorded.get('encoder_id')}:{recorded.get('count')}:"
+                                    f"{recorded.get('rewrites')}") == key:
+        p = np.load(folder / str(card["pool_scores"]), allow_pickle=False)
+    tag = f"{card.get('head_sha256')}:{key}"  # this head on this store's vectors
+    cache = folder / f"pool_scores-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.npy"
+    if p is None and cache.is_file():
+        p = np.load(cache, allow_pickle=False)
+    if p is None:
+        if not compute:
+            raise FinetuneMismatchError(f"{folder}: no scores of the {n} objects of {st.path} "
+                                        "yet (apply its head with compute=True)")
+        p = _apply_head(folder / str(card.get("head_file", "head.keras")), st, batch_size)
+        tmp = cache.with_name(cache.stem + ".tmp.npy")
+        np.save(tmp, p)
+        tmp.replace(cache)
+    if len(p) != n:
+        raise FinetuneMismatchError(f"{folder}: {len(p)} scores for the {n} objects of "
+                                    f"{st.path}")
+    return FinetunedHead(str(card.get("version", "")), str(st.encoder_id), st.ids(),
+                         np.asarray(p, np.float64),
+                         {i: v == "positive" for i, v in zip(t_ids, t_labels, strict=True)},
+                         str(folder), card)
+
+
+def _apply_head(path: Path, st: Any, batch_size: int) -> np.ndarray:
+    """P(positive) of every stored vector under a saved Keras head (``safe_mode=True``)."""
+    import keras
+
+    import model.finetune  # noqa: F401  (registers ClassifierHead)
+
+    head = keras.saving.load_model(path, safe_mode=True)
+    vec = st.vectors()
+    p = np.empty(len(vec), np.float32)
+    for s in range(0, len(vec), batch_size):
+        p[s:s + batch_size] = head.predict_proba(np.asarray(vec[s:s + batch_size]))[:, 0]
+    return p

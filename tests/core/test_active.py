@@ -291,3 +291,100 @@ def test_cli_active_suggest(pool, gz2_store, tmp_path, capsys):
     assert main(["active", "suggest", "--store", str(store), "--query", "ghost",
                  "--n", "3"]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# A finished fine-tune's head in the loop
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_finetune(pool, gz2_store, tmp_path_factory):
+    """A head-mode background fine-tune on every 4th object's label (spirals positive)."""
+    store, labels = gz2_store
+    some = {i: ("DAGN candidate" if labels[i] == "spiral" else "not DAGN")
+            for i in pool.ids[::4]}
+    out = tmp_path_factory.mktemp("ft-head") / "ft"
+    job = launch_finetune(some, store, out, epochs=100)
+    assert job.wait(timeout=300) == 0, job.log.read_text()[-2000:]
+    return out, some, job.card()
+
+
+def test_finetuned_head_scores_are_the_keras_heads(pool, gz2_store, head_finetune):
+    import keras
+
+    import model.finetune  # noqa: F401  (registers ClassifierHead)
+    from ssald_desktop.core.active import load_finetuned
+    from ssald_desktop.core.embeddings import EmbeddingStore
+
+    out, some, card = head_finetune
+    assert card["pool_scores"] == "pool_scores.npy" and card["pool"]["count"] == len(pool)
+    ft = load_finetuned(out, gz2_store[0])
+    assert ft.version == card["version"] and ft.ids == pool.ids
+    assert ft.trained == {i: v == "DAGN candidate" for i, v in some.items()}
+    head = keras.saving.load_model(out / "head.keras", safe_mode=True)
+    vec = np.asarray(EmbeddingStore(gz2_store[0], create=False).vectors())
+    np.testing.assert_allclose(ft.proba, head.predict_proba(vec)[:, 0], atol=1e-5)
+    truth = _truth(pool, gz2_store[1])
+    assert ft.proba[truth].mean() > ft.proba[~truth].mean()
+
+
+def test_learner_uses_a_matching_finetuned_head(pool, gz2_store, head_finetune):
+    from ssald_desktop.core.active import load_finetuned
+
+    out, some, card = head_finetune
+    ft = load_finetuned(out, gz2_store[0])
+    labelled = set(some)
+    free = np.array([r for r, i in enumerate(pool.ids) if i not in labelled])
+    # With the fine-tuned head weighing (almost) alone, exploitation follows its ranking.
+    learner = ActiveLearner(pool, positive=DAGN_POSITIVE, policy="exploit", finetuned=ft,
+                            finetuned_weight=1e6, dup_threshold=1.01)
+    cands = learner.suggest(some, 10)
+    top = free[np.argsort(-ft.proba[free], kind="stable")[:10]]
+    assert [c.row for c in cands] == list(top)
+    assert all(c.model_version.endswith(f"/ft:{card['version']}") for c in cands)
+    assert "fine-tuned head" in cands[0].reason and "used with weight" in learner.last_finetuned
+    # The default policy mixes it in with the refitted head, equally while it saw every label.
+    mixed = ActiveLearner(pool, positive=DAGN_POSITIVE, finetuned=ft)
+    got = mixed.suggest(some, 10)
+    plain = ActiveLearner(pool, positive=DAGN_POSITIVE).suggest(some, 10)
+    assert "weight 1.00" in mixed.last_finetuned
+    assert [c.object_id for c in got] != [c.object_id for c in plain]
+    exploit = [c for c in got if c.sampler == "exploit"]
+    assert exploit and all(f"/ft:{card['version']}" in c.model_version for c in exploit)
+    assert all("/ft:" not in c.model_version for c in plain)
+    # Labels it has not seen lower its weight; a label it learnt that changed class drops it.
+    more = {**some, **{i: "not DAGN" for i in pool.ids[1::4] if gz2_store[1][i] != "spiral"}}
+    mixed.suggest(more, 5)
+    n = sum(v != "unsure" for v in more.values())
+    assert f"({len(some)} of {n} labels seen)" in mixed.last_finetuned
+    flipped = next(i for i, v in some.items() if v == "DAGN candidate")
+    stale = mixed.suggest({**some, flipped: "not DAGN"}, 10)
+    assert all("/ft:" not in c.model_version for c in stale)
+    assert f"{flipped!r}" in mixed.last_finetuned and "not used" in mixed.last_finetuned
+
+
+DAGN_POSITIVE = ("DAGN candidate", "confirmed DAGN")
+
+
+def test_cli_active_suggest_with_a_finetuned_head(pool, gz2_store, head_finetune, tmp_path,
+                                                  capsys):
+    from ssald_desktop.cli import main
+
+    out, some, card = head_finetune
+    csv_path = tmp_path / "labels.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["object_id", "label"])
+        w.writerows(some.items())
+    js = tmp_path / "next.json"
+    assert main(["active", "suggest", "--store", str(gz2_store[0]), "--labels", str(csv_path),
+                 "--n", "6", "--finetuned", str(out), "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "used with weight 1.00" in text
+    r = json.loads(js.read_text())
+    assert any(c["model_version"].endswith(f"/ft:{card['version']}") for c in r["candidates"])
+    # a folder without a finished fine-tune is a one-line error, exit 2
+    assert main(["active", "suggest", "--store", str(gz2_store[0]), "--labels", str(csv_path),
+                 "--finetuned", str(tmp_path)]) == 2
+    assert "no finished fine-tune" in capsys.readouterr().err

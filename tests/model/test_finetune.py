@@ -61,3 +61,25 @@ def test_finetune_changes_only_the_top_of_the_encoder():
     changed = [not np.allclose(b, w.numpy()) for b, w in zip(before, enc.weights, strict=True)]
     assert any(changed) and not all(changed)
     assert head.predict_proba(enc.predict(x, verbose=0)).shape == (24, 2)
+
+
+def test_finetune_top_layers_must_be_some_but_not_more_than_exist():
+    # top_layers=0 used to unfreeze every layer (weighted[-0:] is the whole list)
+    enc = Encoder(bands=3, input_size=32, width=8, depths=[1, 1], embedding_dim=16)
+    x = np.zeros((4, 32, 32, 3), np.float32)
+    for bad in (0, 10_000):
+        with pytest.raises(ValueError, match="top_layers must be between 1 and"):
+            finetune_encoder(enc, x, ["a", "b"] * 2, top_layers=bad)
+
+
+def test_read_pixels_refuses_other_files(tmp_path):
+    from model.finetune import read_pixels
+
+    with pytest.raises(FileNotFoundError, match="pixels.h5"):
+        read_pixels(tmp_path / "pixels.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as h:
+        h["x"] = [1]
+    with pytest.raises(ValueError, match="other.h5: not an SSALD fine-tuning pixel export"):
+        read_pixels(tmp_path / "other.h5")
