@@ -1066,7 +1066,8 @@ class MainWindow(QMainWindow):
 
     def _reembedded(self, folder: str) -> None:
         self.query_panel.set_index(folder)
-        self.statusBar().showMessage(f"The query panel now searches {folder}", 15000)
+        self.review_panel.set_store(folder)  # one similarity space for search and review
+        self.statusBar().showMessage(f"The query panel and the review now use {folder}", 15000)
 
     @Slot(str)
     def _more_like_object(self, object_id: str) -> None:

@@ -2,9 +2,11 @@
 
 The astronomer reviews the candidates that :class:`ssald_desktop.core.active.ActiveLearner`
 proposes over an embedding store, one large card at a time (the RGB cutout, pixel-exact; the
-five bands with an asinh stretch, Lupton, Gunn & Szalay 1999; the spectrum; known dual AGN
-within 5 arcsec; the score, the sampler, its reason and the model version that proposed it),
-and labels them from the keyboard:
+five bands with an asinh stretch, Lupton, Gunn & Szalay 1999; the nuclei found in the r band
+marked on the cutout with their separation; the spectrum with its [OIII] 5007 fit, one or two
+Gaussian components, and the BPT point on a small BPT diagram; known dual AGN within 5 arcsec;
+the score, the sampler, its reason and the model version that proposed it), and labels them
+from the keyboard:
 
 =============  ================================================================
 1 / 2 / 3      "DAGN candidate" / "not DAGN" / "unsure" (the card advances)
@@ -13,6 +15,12 @@ Backspace      undo the last label (an undo event in the label store)
 Left / Right   previous / next candidate; Space: next
 G              card / grid mode (grid: multi-select, right-click marks)
 =============  ================================================================
+
+The queue can be ordered (as proposed; two nuclei first; by the [OIII] double-peak ΔBIC; by
+how AGN-like the BPT point is) and filtered (two nuclei, AGN-like, double-peaked [OIII], known
+system, with a spectrum), with the count of each filter shown. A filter only hides candidates
+from the card's navigation and the grid: their labels stay in the label store and count in the
+progress. The evidence a batch is ordered by is measured in the worker that proposes it.
 
 Every label goes through :meth:`ssald_desktop.core.labels.LabelStore.add`, which returns only
 after the commit is durable (WAL, ``synchronous=FULL``); the panel says "saved" only then. The
@@ -39,6 +47,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +74,13 @@ from PySide6.QtWidgets import (
 
 from ssald_desktop.core.errors import SsaldError
 from ssald_desktop.ui.cutout_panel import array_to_pixmap
+from ssald_desktop.ui.evidence_view import (
+    BptPlot,
+    OiiiPlot,
+    bpt_text,
+    chosen_bpt,
+    oiii_text,
+)
 from ssald_desktop.ui.galaxy_table import format_dec, format_ra
 from ssald_desktop.ui.spectrum_view import SpectrumView
 from ssald_desktop.ui.thumbnail_grid import (
@@ -78,17 +94,21 @@ from ssald_desktop.ui.workers import Task, TaskRunner
 
 __all__ = [
     "CONFIRMED",
+    "FILTERS",
     "KEY_LABELS",
+    "ORDERS",
     "Batch",
     "CardContent",
     "QueueItem",
     "ReviewError",
     "ReviewPanel",
+    "batch_evidence",
     "card_content",
     "grid_mark",
     "match_lines",
     "propose_batch",
     "read_bands",
+    "spectral_evidence",
 ]
 
 #: Labels given by the keys 1, 2 and 3.
@@ -104,11 +124,44 @@ MATCH_RADIUS_ARCSEC = 5.0
 RGB_TARGET = 256
 BAND_TARGET = 128
 DEFAULT_BATCH = 20
+#: Height of the card's [OIII] and BPT plots (pixels).
+EVIDENCE_HEIGHT = 210
 STATE_FILE = "review_state.json"
 POLL_MS = 1000
 
 LABEL_COLOURS = {"DAGN candidate": "#1f8a3b", "confirmed DAGN": "#0b5d1e",
                  "not DAGN": "#b3261e", "unsure": "#8a6d00"}
+#: BPT classes counted as AGN-like by the filter (composites included: Kauffmann et al. 2003).
+AGN_LIKE = ("Seyfert", "LINER", "AGN", "composite")
+#: Rank of a BPT class for "most AGN-like first": Seyferts are unambiguous AGN; an AGN that
+#: could not be split comes next; LINERs may be ionised by old stars (Cid Fernandes et al.
+#: 2011); composites lie between the Kauffmann 2003 and Kewley 2001 lines.
+BPT_RANK = {"Seyfert": 4, "AGN": 3, "LINER": 2, "composite": 1, "star-forming": 0}
+#: Queue orders: (key, text, tooltip).
+ORDERS: tuple[tuple[str, str, str], ...] = (
+    ("proposed", "as proposed", "The learner's ranking"),
+    ("nuclei", "two nuclei first", "Candidates whose r band shows two nuclei first, by "
+     "confidence; then the rest as proposed"),
+    ("oiii", "[O III] double peak first (ΔBIC)",
+     "By the [OIII] 5007 single- vs double-Gaussian ΔBIC (BIC_1 - BIC_2), largest first: "
+     "the more the second component is needed, the higher; candidates without a measured "
+     "[OIII] last, as proposed"),
+    ("bpt", "most AGN-like first (BPT)",
+     "By the BPT class (Seyfert, AGN, LINER, composite, star-forming), then farther up and "
+     "right on the diagram; candidates without a BPT point last, as proposed"),
+)
+#: Queue filters: (key, text, tooltip).
+FILTERS: tuple[tuple[str, str, str], ...] = (
+    ("all", "all", "Every candidate of the batch"),
+    ("pair", "two nuclei", "Two nuclei found in the r band"),
+    ("agn", "AGN-like (Seyfert/LINER/composite)",
+     "BPT class Seyfert, LINER, AGN or composite (line fit, else SDSS SPZLINE)"),
+    ("double", "double-peaked [O III]", "[OIII] 5007 double-peaked (two resolved Gaussian "
+     "components, ΔBIC > 10)"),
+    ("known", "known system", "A known dual AGN or AGN pair within 5″ (Big MAC DR1, "
+     "Liu+2011, GOTHIC)"),
+    ("spectrum", "with a spectrum", "A local SDSS spectrum within 2″"),
+)
 
 
 class ReviewError(SsaldError):
@@ -141,6 +194,58 @@ class QueueItem:
     pair_separation: float = math.nan
     #: Position in the learner's proposed order.
     rank: int = 0
+    #: Spectral evidence (core.lines): "" not yet measured, "none" no spectrum, "measured",
+    #: or "failed: <reason>".
+    evidence: str = ""
+    spectrum_name: str = ""
+    #: [OIII] 5007 test: status ("single", "two components", "double-peaked",
+    #: "not measurable"), BIC_1 - BIC_2 and the velocity split (km/s); NaN when not measured.
+    oiii_status: str = ""
+    oiii_dbic: float = math.nan
+    oiii_split: float = math.nan
+    #: BPT class ("" when not classified) and its point (log [NII]/Ha, log [OIII]/Hb).
+    bpt_class: str = ""
+    bpt_x: float = math.nan
+    bpt_y: float = math.nan
+    #: A known dual AGN within the match radius (None: not checked).
+    known: bool | None = None
+
+    def set_spectral(self, path: Path | None, spec: Any, failure: str = "") -> None:
+        """Record a :class:`~ssald_desktop.core.lines.SpectralEvidence` (None: no spectrum)."""
+        if path is None:
+            self.evidence, self.spectrum_name = "none", ""
+            return
+        self.spectrum_name = Path(path).name
+        if spec is None:
+            self.evidence = f"failed: {failure}" if failure else "failed"
+            return
+        self.evidence = "measured"
+        test = spec.oiii
+        self.oiii_status = test.status if test is not None else "not measurable"
+        dbic = None if test is None else test.delta_bic
+        split = None if test is None else test.velocity_split_kms
+        self.oiii_dbic = math.nan if dbic is None else float(dbic)
+        self.oiii_split = math.nan if split is None else float(split)
+        bpt = chosen_bpt(spec)
+        if bpt is not None and bpt.status == "classified":
+            self.bpt_class = str(bpt.bpt_class or "")
+            if bpt.log_nii_ha is not None and bpt.log_oiii_hb is not None:
+                self.bpt_x, self.bpt_y = float(bpt.log_nii_ha), float(bpt.log_oiii_hb)
+
+    def evidence_summary(self) -> str:
+        """A few words on the spectral evidence, for the grid and tooltips."""
+        if not self.evidence:
+            return "spectrum: not yet measured"
+        if self.evidence == "none":
+            return "no spectrum"
+        if self.evidence != "measured":
+            return f"spectrum {self.spectrum_name}: {self.evidence}"
+        parts = [self.bpt_class or "BPT not measurable"]
+        if self.oiii_status == "double-peaked":
+            parts.append("[OIII] double")
+        elif math.isfinite(self.oiii_dbic):
+            parts.append(f"[OIII] ΔBIC {self.oiii_dbic:.0f}")
+        return ", ".join(parts)
 
     def to_candidate(self, label: str | None = None) -> dict[str, Any]:
         """A mapping for :func:`ssald_desktop.core.labels.candidates_table` (SAMP, export)."""
@@ -177,6 +282,40 @@ class CardContent:
     history: list[Any] = field(default_factory=list, repr=False)
     nuclei: Any = field(default=None, repr=False)  # core.nuclei.NucleiResult (band-cube grid)
     nuclei_note: str = ""
+    #: core.lines.SpectralEvidence of the spectrum (None: no spectrum, or ``lines_note``).
+    lines: Any = field(default=None, repr=False)
+    lines_note: str = ""
+    #: Known systems matched (core.catalogs.Match), for their SDSS spectrum identifiers.
+    match_objects: list[Any] = field(default_factory=list, repr=False)
+
+
+@lru_cache(maxsize=512)
+def _spectral_cached(path: str, mtime_ns: int, size: int) -> Any:
+    from ssald_desktop.core.evidence import gather_evidence
+
+    return gather_evidence(spectrum=path).spectrum
+
+
+def spectral_evidence(path: str | Path) -> Any:
+    """The line evidence of a spectrum file (call it in a worker; ~0.5-2 s, then cached).
+
+    :func:`ssald_desktop.core.evidence.gather_evidence` on the spectrum alone, i.e.
+    :func:`ssald_desktop.core.lines.analyze_spectrum`: the [OIII] 5007 single- vs
+    double-Gaussian test (BIC, Schwarz 1978) and the BPT class (Kauffmann et al. 2003; Kewley
+    et al. 2001, 2006). Results are kept per file (path, modification time, size), so the
+    batch and the card measure a spectrum once.
+
+    Raises
+    ------
+    SsaldError
+        An unreadable spectrum file (the message names it).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise ReviewError(f"{p}: cannot read the spectrum ({exc.strerror or exc})") from exc
+    return _spectral_cached(str(p), st.st_mtime_ns, st.st_size)
 
 
 #: Typical SDSS r-band seeing when the shard does not record the field's PSF (arcsec).
@@ -238,6 +377,25 @@ def _nuclei_line(content: CardContent) -> str:
         return (f"<b>nuclei</b> <span style='color:#b03060'><b>two</b></span>, {sep}{kpc}"
                 f"{ratio}{conf_text}")
     return f"<b>nuclei</b> {_esc(r.status)} <span style='color:#666'>({_esc(r.message)})</span>"
+
+
+def _spectral_lines(content: CardContent) -> list[str]:
+    """Card lines on the spectrum: the file, the [OIII] 5007 test and the BPT class."""
+    if content.spectrum is None:
+        note = content.spectrum_note or "No spectrum."
+        return [f"<b>spectrum</b> <span style='color:#666'>{_esc(note)}</span>",
+                f"<b>[O III] 5007, BPT</b> <span style='color:#666'>"
+                f"{_esc(content.lines_note or 'not measurable: no spectrum')}</span>"]
+    spec = content.lines
+    name = Path(content.spectrum).name
+    if spec is None:
+        return [f"<b>spectrum</b> {_esc(name)}",
+                f"<b>[O III] 5007, BPT</b> <span style='color:#666'>"
+                f"{_esc(content.lines_note)}</span>"]
+    z = f", z = {spec.z:.4f}" if spec.z is not None else ""
+    cls = f", SDSS class {_esc(spec.spec_class)}" if spec.spec_class else ""
+    sub = f" {_esc(spec.subclass)}" if spec.subclass and spec.subclass.strip() else ""
+    return [f"<b>spectrum</b> {_esc(name)}{z}{cls}{sub}", oiii_text(spec), bpt_text(spec)]
 
 
 def _store_pixel_scale(store: Any) -> float | None:
@@ -381,7 +539,10 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
             st.close()
     if math.isfinite(ra) and math.isfinite(dec):
         try:
-            out.matches = match_lines(ra, dec, radius_arcsec)
+            from ssald_desktop.core.catalogs import crossmatch
+
+            out.match_objects = list(crossmatch(ra, dec, radius_arcsec))
+            out.matches = [m.summary() for m in out.match_objects]
             if not out.matches:
                 out.match_note = f"no known dual AGN within {radius_arcsec:g}\u2033"
         except SsaldError as exc:
@@ -400,6 +561,13 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
     else:
         out.match_note = "no position: no cross-match"
         out.spectrum_note = "No position, so no spectrum lookup."
+    if out.spectrum is not None:
+        try:
+            out.lines = spectral_evidence(out.spectrum)
+        except SsaldError as exc:
+            out.lines_note = f"not measurable: {exc}"
+    else:
+        out.lines_note = "not measurable: no spectrum"
     from ssald_desktop.core.spectra import spectrum_redshift
 
     z = spectrum_redshift(out.spectrum) if out.spectrum is not None else None
@@ -470,7 +638,9 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
                   queries: Sequence[str] = (), round_no: int = 0,
                   positions: Mapping[str, tuple[float, float]] | None = None,
                   store: Any = None, finetuned: str = "",
-                  query_vectors: Any = None) -> Batch:
+                  query_vectors: Any = None,
+                  spectrum_for: Callable[[float, float], Path | None] | None = None,
+                  finetuned_dir: str = "") -> Batch:
     """The next batch of the queue (call it in a worker).
 
     With a query object or a positive label among the pool's objects, the learner's mixed
@@ -499,8 +669,14 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
     query_vectors : ndarray, optional
         Embeddings of query images from outside the pool (e.g. a dropped PNG), positives for
         the cold start.
+    spectrum_for : callable, optional
+        ``(ra, dec) -> Path | None``: with it, each item's spectrum is measured
+        (:func:`batch_evidence`), so that the queue can be ordered and filtered by it.
+    finetuned_dir : str
+        The latest finished fine-tune's folder: its head joins the ranking while the labels it
+        learnt still stand (:func:`ssald_desktop.core.active.load_finetuned`).
     """
-    from ssald_desktop.core.active import ActiveLearner
+    from ssald_desktop.core.active import ActiveLearner, load_finetuned
 
     t0 = time.perf_counter()
     ids = set(pool.ids)
@@ -515,9 +691,15 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
     items: list[QueueItem] = []
     pos = positions or {}
     cands = []
+    ft, ft_note = None, ""
+    if has_positive and finetuned_dir and store is not None:
+        try:
+            ft = load_finetuned(finetuned_dir, store)
+        except SsaldError as exc:  # e.g. a head of the encoder before an encoder fine-tune
+            ft_note = f" The fine-tuned head is not used: {exc}."
     if has_positive:
         learner = ActiveLearner(pool, positive=POSITIVE_LABELS, ignore=IGNORED_LABELS,
-                                seed=0)
+                                seed=0, finetuned=ft)
         m = min(max(0, n - len(open_queries)), free)
         if m > 0:
             cands = learner.suggest(in_pool, m, queries=queries, round_no=round_no,
@@ -528,6 +710,9 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
                 f"{sum(v in POSITIVE_LABELS for v in in_pool.values())} positive / "
                 f"{sum(v not in POSITIVE_LABELS and v not in IGNORED_LABELS for v in in_pool.values())}"  # noqa: E501
                 " negative label(s).")
+        if learner.last_finetuned:
+            note += f" The {learner.last_finetuned}."
+        note += ft_note
         exploring = False
     else:
         learner = ActiveLearner(pool, positive=POSITIVE_LABELS, ignore=IGNORED_LABELS,
@@ -540,11 +725,14 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
                 "diverse sample of the pool (k-center greedy). Label a DAGN candidate, or "
                 "send a query from the query panel, to start the search.")
         exploring = True
-    suffix = f" \u00b7 fine-tuned {finetuned}" if finetuned else ""
+    def tagged(version: str) -> str:  # the latest fine-tune, unless it scored this one
+        return (version + f" \u00b7 fine-tuned {finetuned}"
+                if finetuned and "/ft:" not in version else version)
+
     for q in open_queries[:n]:
         ra, dec = pos.get(q, (math.nan, math.nan))
         items.append(QueueItem(q, ra, dec, math.nan, "query", "your query object (query "
-                               "panel / more like this): confirm it", version + suffix,
+                               "panel / more like this): confirm it", tagged(version),
                                "query", round_no))
     for k, c in enumerate(cands):
         ra, dec = pos.get(c.object_id, (math.nan, math.nan))
@@ -554,7 +742,7 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
             reason = (f"exploration pick {k + 1} of {len(cands)}: k-center greedy, each pick "
                       "the farthest from those before it (Sener & Savarese 2018)")
         items.append(QueueItem(c.object_id, ra, dec, score, c.sampler, reason,
-                               c.model_version + suffix, "sampler", round_no,
+                               tagged(c.model_version), "sampler", round_no,
                                float(c.probability)))
     if store is not None and items:
         from ssald_desktop.core.embeddings import EmbeddingStore
@@ -577,9 +765,49 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
         finally:
             if own:
                 st.close()
+    batch_evidence(items, spectrum_for)
     if not items:
         note = "Every object of the pool is labelled: nothing left to propose."
     return Batch(items, exploring, note, time.perf_counter() - t0)
+
+
+def batch_evidence(items: Sequence[QueueItem],
+                   spectrum_for: Callable[[float, float], Path | None] | None,
+                   radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> None:
+    """Fill the items' spectral evidence and known-system flag in place (call in a worker).
+
+    Each item's spectrum (``spectrum_for``) is measured with :func:`spectral_evidence`
+    (~0.5-2 s per spectrum the first time); the known dual-AGN table is cross-matched once for
+    the whole batch (:meth:`ssald_desktop.core.catalogs.KnownDualAGN.match_coords`). Items
+    without a position keep "not measured"; a lookup or read failure is recorded in words.
+    """
+    placed = [it for it in items if math.isfinite(it.ra) and math.isfinite(it.dec)]
+    if placed:
+        try:
+            from ssald_desktop.core.catalogs import default_catalog
+
+            hits = default_catalog().match_coords([it.ra for it in placed],
+                                                  [it.dec for it in placed], radius_arcsec)
+            matched = {m.input_row for m in hits}
+            for k, it in enumerate(placed):
+                it.known = k in matched
+        except SsaldError:
+            pass  # the card says why when it is shown
+    if spectrum_for is None:
+        return
+    for it in placed:
+        try:
+            path = spectrum_for(it.ra, it.dec)
+        except SsaldError as exc:
+            it.evidence = f"failed: spectrum lookup ({exc})"
+            continue
+        if path is None:
+            it.set_spectral(None, None)
+            continue
+        try:
+            it.set_spectral(path, spectral_evidence(path))
+        except SsaldError as exc:
+            it.set_spectral(path, None, str(exc))
 
 
 def _outcome(labels: Any, kind: str, oids: list[str], label: str | None, ids: list[int],
@@ -686,7 +914,8 @@ class ReviewPanel(QWidget):
         self.pool: Any = None
         self.positions: dict[str, tuple[float, float]] = {}
         self.pixel_scale: float | None = None
-        self.queue: list[QueueItem] = []
+        self.batch_items: list[QueueItem] = []  # the whole batch, in the proposed order
+        self.queue: list[QueueItem] = []  # what the card and grid show: filtered, ordered
         self.index = -1
         self.labels: dict[str, str] = {}  # durable current labels
         self.counts: dict[str, int] = {}
@@ -698,6 +927,8 @@ class ReviewPanel(QWidget):
         self.new_since = 0
         self.last_event = 0
         self.finetune_version = ""
+        self.finetune_folder = ""  # the latest finished fine-tune (its head joins the ranking)
+        self.finetune_mode = "head"
         self.last_finetune_event = 0
         self.n_finetunes = 0
         self.finetune_job: Any = None
@@ -709,6 +940,7 @@ class ReviewPanel(QWidget):
         self._writes = collections.deque()
         self._write_task: Task | None = None
         self._batch_task: Task | None = None
+        self._batch_again = False  # a request came while a proposal was running
         self._card_task: Task | None = None
         self._card_request = 0
         self._grid_pending: dict[str, list[str]] = {}
@@ -759,18 +991,42 @@ class ReviewPanel(QWidget):
             "the images are then embedded again with the new encoder")
         self.encoder_check.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         bar.addWidget(self.encoder_check)
-        self.order_combo = QComboBox()
-        self.order_combo.addItem("as proposed", "proposed")
-        self.order_combo.addItem("two nuclei first", "nuclei")
-        self.order_combo.setToolTip("Order of the queue: the learner's ranking, or candidates "
-                                    "whose r band shows two nuclei first (by confidence)")
-        self.order_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
-        self.order_combo.currentIndexChanged.connect(self._order_changed)
-        bar.addWidget(self.order_combo)
         bar.addStretch(1)
         bar.addWidget(self.samp_button)
         bar.addWidget(self.export_button)
         layout.addLayout(bar)
+
+        view_bar = QHBoxLayout()
+        view_bar.setSpacing(4)
+        self.order_combo = QComboBox()
+        for key, text, tip in ORDERS:
+            self.order_combo.addItem(text, key)
+            self.order_combo.setItemData(self.order_combo.count() - 1, tip,
+                                         Qt.ItemDataRole.ToolTipRole)
+        self.order_combo.setToolTip("Order of the queue (the evidence is measured when the "
+                                    "batch is proposed)")
+        self.order_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.order_combo.currentIndexChanged.connect(self._order_changed)
+        self.filter_combo = QComboBox()
+        for key, text, tip in FILTERS:
+            self.filter_combo.addItem(text, key)
+            self.filter_combo.setItemData(self.filter_combo.count() - 1, tip,
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.filter_combo.setToolTip("Show only some candidates of the batch (their labels are "
+                                     "kept; the count of each filter is in brackets)")
+        self.filter_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.filter_combo.currentIndexChanged.connect(self._filter_changed)
+        view_bar.addWidget(QLabel("order"))
+        view_bar.addWidget(self.order_combo)
+        view_bar.addSpacing(10)
+        view_bar.addWidget(QLabel("show"))
+        view_bar.addWidget(self.filter_combo)
+        view_bar.addSpacing(10)
+        self.filter_label = QLabel()
+        self.filter_label.setStyleSheet("QLabel { color: #444; }")
+        view_bar.addWidget(self.filter_label, 1)
+        layout.addLayout(view_bar)
 
         self.progress_label = QLabel()
         self.progress_label.setTextFormat(Qt.TextFormat.RichText)
@@ -932,23 +1188,73 @@ class ReviewPanel(QWidget):
 
         self.spectrum_view = SpectrumView(runner=self.tasks)
         self.spectrum_view.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.evidence_row = self._build_evidence_row()
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(scroll)
+        self.splitter.addWidget(self.evidence_row)
         self.splitter.addWidget(self.spectrum_view)
-        scroll.setMinimumHeight(RGB_TARGET + 60)
-        self.splitter.setStretchFactor(0, 0)  # the images keep their height; the spectrum
-        self.splitter.setStretchFactor(1, 1)  # gets the rest
-        self.splitter.setSizes([RGB_TARGET + 60, 10_000])
+        scroll.setMinimumHeight(RGB_TARGET + 100)
+        self.splitter.setStretchFactor(0, 0)  # the images and the line plots keep their
+        self.splitter.setStretchFactor(1, 0)  # height; the spectrum gets the rest
+        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setSizes([RGB_TARGET + 100, EVIDENCE_HEIGHT, 10_000])
         self.splitter.setChildrenCollapsible(False)
         v.addWidget(self.splitter, 1)
         return page
 
+    def _build_evidence_row(self) -> QWidget:
+        """The [OIII] fit and the BPT diagram of the card (shared with the evidence dock)."""
+        row = QWidget()
+        h = QHBoxLayout(row)
+        h.setContentsMargins(0, 0, 0, 0)
+        h.setSpacing(6)
+        self.oiii_plot = OiiiPlot()
+        self.oiii_plot.setMinimumSize(360, EVIDENCE_HEIGHT)
+        self.oiii_plot.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.bpt_plot = BptPlot()
+        self.bpt_plot.setFixedSize(int(EVIDENCE_HEIGHT * 1.2), EVIDENCE_HEIGHT)
+        self.bpt_plot.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        h.addWidget(self.oiii_plot, 1)
+        h.addWidget(self.bpt_plot, 0)
+        row.setMinimumHeight(EVIDENCE_HEIGHT)
+        return row
+
+    def _show_lines(self, content: CardContent | None) -> None:
+        """Draw the card's [OIII] fit and BPT point, or say in words why there are none."""
+        if content is None:
+            self.oiii_plot.clear_fit("measuring the spectrum\u2026")
+            self.bpt_plot.show_point(None, "measuring\u2026")
+            return
+        spec = content.lines
+        if spec is None:
+            why = content.lines_note or "not measurable: no spectrum"
+            self.oiii_plot.clear_fit(why)
+            self.bpt_plot.show_point(None, why)
+            return
+        self.oiii_plot.show_fit(spec)
+        bpt = chosen_bpt(spec)
+        self.bpt_plot.show_point(bpt, "" if bpt is not None else spec.message)
+
     # -- opening ---------------------------------------------------------------------------
+    def set_store(self, folder: str) -> None:
+        """Review another embedding store's pool, e.g. the index re-embedded with a new encoder.
+
+        Labels are kept by object id, so they carry over; the queue is proposed anew.
+        """
+        if str(folder) == self.store_folder:
+            return
+        self.store_folder = str(folder)
+        self.pool = None
+        self.batch_items, self.queue, self.index = [], [], -1
+        self.queries, self.query_vectors = [], None
+        self._open()
+
     def _open(self) -> None:
         from ssald_desktop.core.labels import LabelStore
 
         try:
-            self.store = LabelStore(self.label_db)
+            if self.store is None:
+                self.store = LabelStore(self.label_db)
         except SsaldError as exc:
             self.show_message(f"Cannot open the label store: {exc}")
             self._set_enabled(False)
@@ -972,6 +1278,7 @@ class ReviewPanel(QWidget):
         self.last_event = setup.last_event
         self.round_no = setup.round_no
         self.finetune_version = str(setup.state.get("version", ""))
+        self.finetune_folder = str(setup.state.get("folder", ""))
         self.last_finetune_event = int(setup.state.get("last_finetune_event", 0))
         self.n_finetunes = int(setup.state.get("finetunes", 0))
         self.new_since = setup.new_since
@@ -1018,8 +1325,11 @@ class ReviewPanel(QWidget):
         if self.pool is None:
             return None
         if self._batch_task is not None and self._batch_task.running:
+            # the running proposal predates what changed (queries, labels, pool): propose
+            # again when it ends, and drop its batch
+            self._batch_again = True
             return self._batch_task
-        if self.queue:
+        if self.batch_items:
             self.round_no += 1
         labels = {**self.labels}
         self.note_label.setText(f"Proposing round {self.round_no}\u2026")
@@ -1028,14 +1338,19 @@ class ReviewPanel(QWidget):
             "review: propose a batch", propose_batch, self.pool, labels,
             int(self.batch_spin.value()), queries=list(self.queries), round_no=self.round_no,
             positions=self.positions, store=self.store_folder, finetuned=self.finetune_version,
-            query_vectors=self.query_vectors,
+            query_vectors=self.query_vectors, spectrum_for=self.spectrum_for,
+            finetuned_dir=self.finetune_folder,
             on_result=self._batch_ready, on_error=self._batch_failed)
         return self._batch_task
 
     def _batch_ready(self, batch: Batch) -> None:
         self.batch_button.setEnabled(True)
-        self.queue = batch.items
-        for i, it in enumerate(self.queue):
+        if self._batch_again:
+            self._batch_again = False
+            QTimer.singleShot(0, self.request_batch)
+            return
+        self.batch_items = list(batch.items)
+        for i, it in enumerate(self.batch_items):
             it.rank = i
         self.exploring = batch.exploring
         self.note_label.setText(batch.note)
@@ -1044,44 +1359,148 @@ class ReviewPanel(QWidget):
         first = self._next_unlabelled(-1)
         self.go_to(first if first is not None else 0)
         self._update_progress()
-        self.batchReady.emit(len(self.queue))
+        self.batchReady.emit(len(self.batch_items))
+
+    @staticmethod
+    def matches_filter(item: QueueItem, key: str) -> bool:
+        """Whether a candidate passes a filter of :data:`FILTERS`."""
+        if key == "pair":
+            return item.nuclei == "pair"
+        if key == "agn":
+            return item.bpt_class in AGN_LIKE
+        if key == "double":
+            return item.oiii_status == "double-peaked"
+        if key == "known":
+            return bool(item.known)
+        if key == "spectrum":
+            return bool(item.spectrum_name)
+        return True
+
+    @staticmethod
+    def order_key(key: str) -> Callable[[QueueItem], Any]:
+        """Sort key of an order of :data:`ORDERS` (sorted ascending; ties keep the rank)."""
+        if key == "nuclei":  # pairs by confidence, then the rest
+            return lambda it: (-(it.pair_confidence if math.isfinite(it.pair_confidence)
+                                 else -1.0), it.rank)
+        if key == "oiii":  # largest delta BIC first; unmeasured last
+            return lambda it: ((0, -it.oiii_dbic, it.rank) if math.isfinite(it.oiii_dbic)
+                               else (1, 0.0, it.rank))
+        if key == "bpt":  # class rank, then up and right on the diagram; unclassified last
+            def bpt(it: QueueItem) -> tuple[int, float, int]:
+                if it.bpt_class not in BPT_RANK:
+                    return (1, 0.0, it.rank)
+                far = it.bpt_x + it.bpt_y if math.isfinite(it.bpt_x + it.bpt_y) else -99.0
+                return (0, -(BPT_RANK[it.bpt_class] * 100.0 + far), it.rank)
+            return bpt
+        return lambda it: it.rank
+
+    def filter_counts(self) -> dict[str, int]:
+        """How many candidates of the batch pass each filter."""
+        return {key: sum(self.matches_filter(it, key) for it in self.batch_items)
+                for key, _, _ in FILTERS}
+
+    def set_filter(self, key: str) -> None:
+        """Show only the candidates passing filter ``key`` (see :data:`FILTERS`)."""
+        k = self.filter_combo.findData(key)
+        if k < 0:
+            raise ReviewError(f"unknown filter {key!r}; choose one of "
+                              f"{', '.join(f[0] for f in FILTERS)}")
+        self.filter_combo.setCurrentIndex(k)
+
+    def set_order(self, key: str) -> None:
+        """Order the queue by ``key`` (see :data:`ORDERS`)."""
+        k = self.order_combo.findData(key)
+        if k < 0:
+            raise ReviewError(f"unknown order {key!r}; choose one of "
+                              f"{', '.join(o[0] for o in ORDERS)}")
+        self.order_combo.setCurrentIndex(k)
 
     def _order_queue(self) -> None:
-        """Apply the queue order chosen (as proposed, or two nuclei first) and fill the grid."""
-        if self.order_combo.currentData() == "nuclei":
-            # Pairs by confidence, then the rest in the proposed order (stable sort).
-            self.queue.sort(key=lambda it: -(it.pair_confidence
-                                             if math.isfinite(it.pair_confidence) else -1.0))
+        """Filter and order the batch into the queue, update the counts and fill the grid."""
+        key = str(self.filter_combo.currentData() or "all")
+        order = str(self.order_combo.currentData() or "proposed")
+        shown = [it for it in self.batch_items if self.matches_filter(it, key)]
+        self.queue = sorted(shown, key=self.order_key(order))
+        counts = self.filter_counts()
+        for k, (fkey, text, _) in enumerate(FILTERS):
+            self.filter_combo.setItemText(k, f"{text} ({counts[fkey]})")
+        unmeasured = sum(1 for it in self.batch_items if not it.evidence)
+        note = f"showing {len(self.queue)} of {len(self.batch_items)} candidates"
+        if unmeasured:
+            note += (f"; spectra of {unmeasured} not yet measured (no spectrum source, or no "
+                     "position)")
+        self.filter_label.setText(note)
         self.grid.set_results(
             [ThumbnailItem(it.object_id, it.image,
                            None if not math.isfinite(it.score) else it.score, i + 1,
-                           extra=(f"{it.sampler} \u00b7 2 nuclei {it.pair_separation:.1f}\u2033"
-                                  if it.nuclei == "pair" else it.sampler),
+                           extra=self._grid_extra(it),
                            label=grid_mark(self.labels.get(it.object_id)),
                            bottom_up=False, tooltip=self._tooltip(it))
              for i, it in enumerate(self.queue)], score_name="score")
 
+    @staticmethod
+    def _grid_extra(it: QueueItem) -> str:
+        parts = [it.sampler]
+        if it.nuclei == "pair":
+            parts.append(f"2 nuclei {it.pair_separation:.1f}\u2033")
+        if it.bpt_class:
+            parts.append(it.bpt_class)
+        elif it.evidence == "measured":
+            parts.append("BPT n/m")
+        if it.oiii_status == "double-peaked":
+            parts.append("[OIII] double")
+        if it.known:
+            parts.append("\u2605 known")
+        return " \u00b7 ".join(parts)
+
+    def _order_queue_counts(self) -> None:
+        """Refresh the filters' counts (evidence measured by a card), keeping the queue."""
+        counts = self.filter_counts()
+        for k, (fkey, text, _) in enumerate(FILTERS):
+            self.filter_combo.setItemText(k, f"{text} ({counts[fkey]})")
+
+    def _reshow(self) -> None:
+        """Rebuild the queue after a change of order or filter; keep the card if shown."""
+        current = self.current_item()
+        self._order_queue()
+        ids = [it.object_id for it in self.queue]
+        if not ids:
+            self.index = -1
+            self._show_empty()
+            return
+        if current is not None and current.object_id in ids:
+            self.index = -1  # redraw: the position in the queue changed
+            self.go_to(ids.index(current.object_id))
+        else:
+            self.index = -1
+            first = self._next_unlabelled(-1)
+            self.go_to(first if first is not None else 0)
+        self._update_progress()
+
     @Slot()
     def _order_changed(self, *args: object) -> None:
-        if not self.queue:
-            return
-        current = self.current_item()
-        if self.order_combo.currentData() == "proposed":
-            self.queue.sort(key=lambda it: it.rank)
-        self._order_queue()
-        if current is not None:
-            ids = [it.object_id for it in self.queue]
-            self.go_to(ids.index(current.object_id))
+        if self.batch_items:
+            self._reshow()
+
+    @Slot()
+    def _filter_changed(self, *args: object) -> None:
+        if self.batch_items:
+            self._reshow()
 
     def _batch_failed(self, exc: BaseException) -> None:
         self.batch_button.setEnabled(True)
+        if self._batch_again:  # it failed on what has changed since (e.g. the old pool)
+            self._batch_again = False
+            QTimer.singleShot(0, self.request_batch)
+            return
         self.note_label.setText("")
         self.show_message(f"Cannot propose candidates: {exc}")
 
     @staticmethod
     def _tooltip(it: QueueItem) -> str:
         pos = (f"RA {it.ra:.5f}  Dec {it.dec:+.5f} (deg)\n" if math.isfinite(it.ra) else "")
-        return f"{pos}{it.sampler}: {it.reason}\nmodel {it.model_version}"
+        return (f"{pos}{it.sampler}: {it.reason}\nmodel {it.model_version}\n"
+                f"{it.evidence_summary()}")
 
     def current_item(self) -> QueueItem | None:
         """The candidate on the card."""
@@ -1128,7 +1547,18 @@ class ReviewPanel(QWidget):
 
     # -- card ------------------------------------------------------------------------------
     def _show_empty(self) -> None:
-        self.heading.setText("<i>No candidates</i>")
+        key = str(self.filter_combo.currentData() or "all")
+        if self.batch_items and key != "all":
+            text = self.filter_combo.currentText()
+            self.heading.setText(f"<i>No candidate of this batch is \u201c{_esc(text)}\u201d: "
+                                 f"choose \u201call\u201d to see all {len(self.batch_items)}."
+                                 "</i>")
+        else:
+            self.heading.setText("<i>No candidates</i>")
+        self.content = None
+        self.rgb_caption.setText("")
+        self.band_note.setText("")
+        self._show_lines(CardContent("", math.nan, math.nan, lines_note="no candidate"))
         self.rgb_label.clear()
         self.rgb_label.setText("no candidate")
         self.info.setText("")
@@ -1139,9 +1569,14 @@ class ReviewPanel(QWidget):
 
     def _show_item(self, item: QueueItem) -> None:
         self.content = None
+        key = str(self.filter_combo.currentData() or "all")
+        name = {f[0]: f[1] for f in FILTERS}.get(key, key)
+        shown = ("" if key == "all" else
+                 f" <span style='color:#555'>(shown: {_esc(name)}, {len(self.queue)} of "
+                 f"{len(self.batch_items)})</span>")
         self.heading.setText(
             f"<b style='font-size:12pt'>Candidate {self.index + 1} / {len(self.queue)}</b>"
-            f" &nbsp;\u00b7&nbsp; object <b>{item.object_id}</b>")
+            f"{shown} &nbsp;\u00b7&nbsp; object <b>{item.object_id}</b>")
         if item.image is not None:
             self._set_rgb(item.image)
         else:
@@ -1150,6 +1585,7 @@ class ReviewPanel(QWidget):
         for lab in self.band_labels.values():
             lab.clear()
         self.band_note.setText("")
+        self._show_lines(None)
         self._render_info(item, None)
         self._card_request += 1
         request = self._card_request
@@ -1189,12 +1625,32 @@ class ReviewPanel(QWidget):
             painter = QPainter(pix)
             painter.setRenderHint(QPainter.RenderHint.Antialiasing)
             colours = ("#40e0ff", "#ff60c0", "#ffd040")
+            centres = []
             for i, n in enumerate(nuclei.nuclei):
                 # band-cube pixels (row 0 south) onto the top-down picture
                 cx = (n.x + 0.5) * factor
                 cy = (rows - 0.5 - n.y) * factor
+                centres.append(QPointF(cx, cy))
                 painter.setPen(QPen(QColor(colours[i % 3]), 2))
                 painter.drawEllipse(QPointF(cx, cy), 2.2 * factor, 2.2 * factor)
+            if nuclei.status == "pair" and len(centres) >= 2:
+                # the separation: a dashed line between the two nuclei, labelled in arcsec
+                a, b = centres[0], centres[1]
+                pen = QPen(QColor("#ffffff"), 1, Qt.PenStyle.DashLine)
+                painter.setPen(pen)
+                painter.drawLine(a, b)
+                sep = nuclei.separation_arcsec
+                text = (f"{sep:.2f}\u2033" if sep is not None
+                        else f"{nuclei.separation_px:.1f} px")
+                font = QFont(painter.font())
+                font.setPointSizeF(9)
+                font.setBold(True)
+                painter.setFont(font)
+                mid = QPointF((a.x() + b.x()) / 2 + 6, (a.y() + b.y()) / 2 - 6)
+                painter.setPen(QPen(QColor("#000000"), 1))
+                painter.drawText(mid + QPointF(1, 1), text)
+                painter.setPen(QPen(QColor("#ffffff"), 1))
+                painter.drawText(mid, text)
             painter.end()
         self.rgb_label.setPixmap(pix)
         self.rgb_caption.setText(
@@ -1225,8 +1681,13 @@ class ReviewPanel(QWidget):
             self.spectrum_view.load_file(content.spectrum)
         else:
             self.spectrum_view.show_message(content.spectrum_note or "No spectrum.")
+        self._show_lines(content)
         item = self.current_item()
         if item is not None:
+            if not item.evidence and math.isfinite(item.ra):  # measured now, by the card
+                item.set_spectral(content.spectrum, content.lines, content.lines_note)
+                item.known = bool(content.match_objects)
+                self._order_queue_counts()
             self._render_info(item, content)
         self.cardShown.emit(content.object_id)
 
@@ -1252,8 +1713,10 @@ class ReviewPanel(QWidget):
                      f"{_esc(item.model_version)}</span> &nbsp; round {item.round}")
         if content is not None:
             lines.append(_nuclei_line(content))
+            lines += _spectral_lines(content)
         if content is None:
-            lines.append("<span style='color:#666'>known dual AGN: looking\u2026</span>")
+            lines.append("<span style='color:#666'>spectrum and known dual AGN: "
+                         "looking\u2026</span>")
         elif content.matches:
             rows = "<br>".join(f"\u2605 {_esc(m)}" for m in content.matches)
             lines.append(f"<b style='color:#0b5d1e'>known dual AGN within "
@@ -1310,7 +1773,7 @@ class ReviewPanel(QWidget):
         if self.store is None or self.pool is None:
             self.show_message("The label store is not open: nothing was labelled.")
             return
-        by_id = {it.object_id: it for it in self.queue}
+        by_id = {it.object_id: it for it in self.batch_items}
         items = []
         for oid in object_ids:
             it = by_id.get(oid)
@@ -1413,8 +1876,8 @@ class ReviewPanel(QWidget):
         self._update_progress()
         self.labelsChanged.emit()
         self._maybe_finetune()
-        if (out.kind == "label" and self.queue and not self.pending
-                and all(it.object_id in self.labels for it in self.queue)):
+        if (out.kind == "label" and self.batch_items and not self.pending
+                and all(it.object_id in self.labels for it in self.batch_items)):
             self.request_batch()  # the queue is exhausted
 
     def _write_failed(self, exc: BaseException, object_ids: list[str],
@@ -1514,9 +1977,9 @@ class ReviewPanel(QWidget):
     # -- progress and messages ---------------------------------------------------------------
     def progress_text(self) -> str:
         """The progress line (plain text)."""
-        done = sum(1 for it in self.queue if it.object_id in self.labels)
+        done = sum(1 for it in self.batch_items if it.object_id in self.labels)
         parts = [f"Round {self.round_no}",
-                 f"labelled {done}/{len(self.queue)} of this batch"]
+                 f"labelled {done}/{len(self.batch_items)} of this batch"]
         totals = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         if totals:
             parts.append(totals)
@@ -1530,7 +1993,7 @@ class ReviewPanel(QWidget):
         return " \u00b7 ".join(parts)
 
     def _update_progress(self) -> None:
-        done = sum(1 for it in self.queue if it.object_id in self.labels)
+        done = sum(1 for it in self.batch_items if it.object_id in self.labels)
         totals = " &nbsp;".join(
             f"<span style='color:{LABEL_COLOURS.get(k, '#333')}'>{_esc(k)}</span> <b>{v}</b>"
             for k, v in self.counts.items())
@@ -1542,8 +2005,8 @@ class ReviewPanel(QWidget):
             ft += f" \u00b7 head <span style='font-family:monospace'>{self.finetune_version}</span>"
         mode = " \u00b7 <i>exploration</i>" if self.exploring else ""
         self.progress_label.setText(
-            f"<b>Round {self.round_no}</b>{mode} \u00b7 labelled <b>{done}</b>/{len(self.queue)}"
-            f" of this batch &nbsp;|&nbsp; {totals} &nbsp;|&nbsp; {ft}")
+            f"<b>Round {self.round_no}</b>{mode} \u00b7 labelled <b>{done}</b>/"
+            f"{len(self.batch_items)} of this batch &nbsp;|&nbsp; {totals} &nbsp;|&nbsp; {ft}")
 
     def show_message(self, text: str) -> None:
         """Show an error or notice above the card (and emit :attr:`messageShown`)."""
@@ -1580,18 +2043,20 @@ class ReviewPanel(QWidget):
         self._finetune_launching = True
         self._finetune_from = self.last_event
         out = self.finetune_dir / f"ft-{self.n_finetunes + 1:03d}"
+        self.finetune_mode = "encoder" if self.encoder_check.isChecked() else "head"
         self._update_progress()
         return self.tasks.run(
             "review: start fine-tuning", launch_finetune, labels, self.store_folder, out,
             positive=POSITIVE_LABELS, ignore=IGNORED_LABELS,
-            mode="encoder" if self.encoder_check.isChecked() else "head",
+            mode=self.finetune_mode,
             epochs=self.finetune_epochs, on_result=self._finetune_started,
             on_error=self._finetune_failed)
 
     def _finetune_started(self, job: Any) -> None:
         self._finetune_launching = False
         self.finetune_job = job
-        self.note_label.setText(f"Fine-tuning the head in the background ({job.out_dir})\u2026")
+        self.note_label.setText(f"Fine-tuning the {self.finetune_mode} in the background "
+                                f"({job.out_dir})\u2026")
         self._poll.start()
         self._update_progress()
 
@@ -1611,8 +2076,8 @@ class ReviewPanel(QWidget):
             return
         status = job.poll()
         if status is None:
-            self.note_label.setText(f"Fine-tuning the head\u2026 {time.time() - job.started:.0f}"
-                                    " s")
+            self.note_label.setText(f"Fine-tuning the {self.finetune_mode}\u2026 "
+                                    f"{time.time() - job.started:.0f} s")
             return
         self._poll.stop()
         self.finetune_job = None
@@ -1622,6 +2087,7 @@ class ReviewPanel(QWidget):
             self._finetune_failed(exc)
             return
         self.finetune_version = str(card.get("version", ""))
+        self.finetune_folder = str(job.out_dir)
         self.last_finetune_event = self._finetune_from
         self.n_finetunes += 1
         state = {"version": self.finetune_version, "last_finetune_event":
@@ -1662,7 +2128,7 @@ class ReviewPanel(QWidget):
     # -- SAMP and export ---------------------------------------------------------------------
     def labelled_candidates(self) -> list[dict[str, Any]]:
         """Every labelled object with its position, label and, for queue items, provenance."""
-        by_id = {it.object_id: it for it in self.queue}
+        by_id = {it.object_id: it for it in self.batch_items}
         out = []
         for oid, label in self.labels.items():
             it = by_id.get(oid)

@@ -293,7 +293,14 @@ def test_use_encoder_reembeds_the_index_and_switches_to_it(window, qtbot):
         panel.clear_examples()
         panel.add_files([str(NGC3758)])
     assert panel.last_result.index["folder"] == str(new)
+    # the review follows into the new similarity space and proposes from it
+    review = window.review_panel
+    assert review.store_folder == str(new)
+    qtbot.waitUntil(lambda: review.pool is not None and bool(review.batch_items),
+                    timeout=120_000)
+    assert review.pool.encoder_id == fresh.encoder_id
     panel.set_index(SAMPLE_INDEX_DIR)
+    review.set_store(str(SAMPLE_INDEX_DIR))
 
 
 def test_a_query_image_seeds_the_review_queue(window, qtbot):

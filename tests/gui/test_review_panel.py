@@ -299,3 +299,23 @@ def test_card_and_queue_carry_the_two_nuclei_test(tmp_path):
                for it in batch.items)
     pairs = [it for it in batch.items if it.nuclei == "pair"]
     assert all(0 <= it.pair_confidence <= 1 and it.pair_separation > 0 for it in pairs)
+
+
+def test_sample_cards_say_no_spectrum_and_the_two_nuclei_filter(panel, qtbot):
+    """Issue 9: no sample galaxy has a spectrum, so no line evidence; the filters count."""
+    info = panel.info.text()
+    assert "not measurable: no spectrum" in info
+    assert panel.oiii_plot.curve is None and panel.oiii_plot.message.startswith("not measur")
+    assert panel.bpt_plot.point_xy() is None
+    assert all(it.evidence == "none" for it in panel.batch_items)
+    counts = panel.filter_counts()
+    pairs = [it.object_id for it in panel.batch_items if it.nuclei == "pair"]
+    assert counts["all"] == 20 and counts["pair"] == len(pairs)
+    assert counts["spectrum"] == counts["agn"] == counts["double"] == counts["known"] == 0
+    panel.set_order("nuclei")
+    panel.set_filter("pair")
+    assert sorted(it.object_id for it in panel.queue) == sorted(pairs)
+    conf = [it.pair_confidence for it in panel.queue]
+    assert conf == sorted(conf, reverse=True)
+    panel.set_filter("all")
+    assert len(panel.queue) == 20
