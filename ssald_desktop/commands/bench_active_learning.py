@@ -5,6 +5,8 @@ Example::
     ssald-cli bench active-learning --images ../shared/data/gz2/images \
         --labels ../shared/data/gz2/labels.csv --positive spiral --prevalence 0.02 \
         --budget 200 --batch 20 --seeds 5 --json al.json
+
+Add ``--evidence-features`` to append the two-nuclei evidence of each image to the vectors.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def _run(args: argparse.Namespace) -> int:
                               args.budget, args.batch, args.seeds, args.encoder,
                               policies=policies, ceiling=not args.no_ceiling, progress=show,
                               first_seed=args.first_seed,
-                              whiten=whiten)
+                              whiten=whiten,
+                              evidence_weight=args.evidence_weight if args.evidence_features
+                              else None)
     print(active_summary(r))
     write_json(r, args.json)
     return 0
@@ -65,6 +69,12 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
                         "default; e.g. default,exploit,similarity,propagation,naive)")
     a.add_argument("--whiten", default="0.001",
                    help="shrinkage of the pool's PCA whitening, or 'none' (default 0.001)")
+    a.add_argument("--evidence-features", action="store_true",
+                   help="append the two-nuclei evidence of each image (number of nuclei, pair "
+                        "confidence, separation, flux ratio; cached) to the pool's vectors")
+    a.add_argument("--evidence-weight", type=float, default=1.0,
+                   help="weight of the evidence features against the unit embedding "
+                        "(default 1)")
     a.add_argument("--no-ceiling", action="store_true",
                    help="skip the fully supervised ceiling")
     a.add_argument("--quiet", action="store_true", help="no per-run lines")

@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         angles=args.angles,
         seed=args.seed,
         progress=show,
+        shape_test=not args.no_shape_test,
     )
     print(nuclei_summary(r))
     write_json(r, args.json)
@@ -70,6 +71,9 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--min-snr", type=float, default=20.0, help="galaxy detection S/N cut")
     p.add_argument("--angles", type=int, default=1, help="position angles per grid cell")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-shape-test", action="store_true",
+                   help="skip the point-source test of the second nucleus (the plain "
+                        "one-vs-two-PSF comparison, for a before/after figure)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     p.set_defaults(func=_run)

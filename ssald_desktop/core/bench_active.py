@@ -21,6 +21,19 @@ sees only ``budget`` labels cannot be expected to beat it.
 
 Embeddings come from the encoder (default: the bundled one) through
 :func:`ssald_desktop.core.embeddings.encode` into a cache folder, so a rerun encodes nothing.
+
+Evidence features (``evidence_weight``, ``--evidence-features``): the two-nuclei test of
+:func:`ssald_desktop.core.nuclei.find_nuclei` runs on the luminance of each image (colour
+JPEGs have no calibrated band; the PSF width is measured on the image) and gives
+:data:`EVIDENCE_FEATURES`: the number of nuclei (0 not measurable, 1, 2), the pair confidence
+(of the best second-nucleus candidate), its separation in PSF FWHM and ``log10`` of the flux
+ratio (0 where there is no candidate). They are cached per image in a JSON file of the cache
+folder (keyed by file size and modification time), computed only for the images the seeds
+use, standardised over those images, multiplied by ``evidence_weight / sqrt(4)`` and appended
+to the pool's whitened unit vectors before normalising again (:class:`EvidencePool`), so the
+head, the similarity and the diversity terms of every policy see them. Whitening is left to
+the embedding part: whitening the concatenation would give the four features the weight of
+four embedding directions whatever ``evidence_weight`` says.
 """
 
 from __future__ import annotations
@@ -39,6 +52,9 @@ from ssald_desktop.core.errors import DataFileError
 
 __all__ = [
     "BASELINES",
+    "EVIDENCE_FEATURES",
+    "EvidencePool",
+    "evidence_features",
     "active_summary",
     "bench_active_learning",
     "curve_metrics",
@@ -118,7 +134,8 @@ def simulate(pool: Pool, truth: np.ndarray, query: np.ndarray, policy: str, budg
             order = np.argsort(-(pool.unit @ pool.transform(query)[0]), kind="stable")
         else:
             u = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-            order = np.argsort(-(u @ (query / np.linalg.norm(query))), kind="stable")
+            q = query[:raw.shape[1]]  # the embedding part (a query may carry features too)
+            order = np.argsort(-(u @ (q / np.linalg.norm(q))), kind="stable")
         return truth[order[:budget]].astype(np.int64), {}
     learner = ActiveLearner(pool, positive=("positive",), policy=policy, seed=seed,
                             **learner_kwargs)
@@ -145,8 +162,150 @@ def simulate(pool: Pool, truth: np.ndarray, query: np.ndarray, policy: str, budg
         "samplers": {k: {"picked": v[0], "positives": v[1]} for k, v in by_sampler.items()}}
 
 
+#: Names of the evidence features, in column order.
+EVIDENCE_FEATURES = ("n_nuclei", "pair_confidence", "separation_fwhm", "log_flux_ratio")
+
+
+def _nuclei_features(path: Path) -> list[float]:
+    """The :data:`EVIDENCE_FEATURES` of one image (luminance; PSF measured on the image)."""
+    from ssald_desktop.core.errors import SsaldError
+    from ssald_desktop.core.nuclei import find_nuclei, load_image
+
+    try:
+        res = find_nuclei(load_image(path))
+    except SsaldError:
+        return [0.0, 0.0, 0.0, 0.0]
+    n = {"pair": 2.0, "single": 1.0, "point source": 1.0}.get(res.status, 0.0)
+    sep = 0.0
+    if res.separation_px is not None and res.psf_fwhm_px:
+        sep = float(res.separation_px) / float(res.psf_fwhm_px)
+    ratio = res.flux_ratio
+    log_ratio = 0.0
+    if ratio is not None and math.isfinite(ratio) and ratio > 0:
+        log_ratio = min(3.0, math.log10(ratio))
+    return [n, float(res.confidence), min(sep, 50.0), log_ratio]
+
+
+def evidence_features(images_dir: str | Path, ids: list[str], cache_file: str | Path,
+                      progress: Any = None) -> np.ndarray:
+    """The :data:`EVIDENCE_FEATURES` of the images ``ids`` (file stems) of a folder, cached.
+
+    Parameters
+    ----------
+    images_dir : path-like
+        The image folder.
+    ids : list of str
+        Images to describe (file stem = id).
+    cache_file : path-like
+        JSON cache (id -> size, mtime, features); missing or changed images are computed and
+        the cache is rewritten every 100 images, so an interrupted run resumes.
+    progress : callable, optional
+        ``progress(message)`` every 100 images computed.
+
+    Returns
+    -------
+    ndarray
+        ``(len(ids), 4)`` float64.
+
+    Raises
+    ------
+    DataFileError
+        An id with no image file in the folder.
+    """
+    import json
+    import os
+
+    images_dir, cache_file = Path(images_dir), Path(cache_file)
+    by_stem = {q.stem: q for q in images_dir.iterdir() if q.is_file()}
+    missing = [i for i in ids if i not in by_stem]
+    if missing:
+        raise DataFileError(f"{images_dir}: no image file for id(s) {missing[:5]}")
+    cache: dict[str, Any] = {}
+    if cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+
+    def save() -> None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+
+    out = np.zeros((len(ids), len(EVIDENCE_FEATURES)), np.float64)
+    done = 0
+    t0 = time.perf_counter()
+    for k, i in enumerate(ids):
+        st = by_stem[i].stat()
+        key = [st.st_size, st.st_mtime_ns]
+        hit = cache.get(i)
+        if hit is None or hit.get("key") != key:
+            hit = {"key": key, "features": _nuclei_features(by_stem[i])}
+            cache[i] = hit
+            done += 1
+            if done % 100 == 0:
+                save()
+                if progress is not None:
+                    progress(f"evidence features: {done} images computed "
+                             f"({(time.perf_counter() - t0) / done:.2f} s each)")
+        out[k] = hit["features"]
+    if done:
+        save()
+    return out
+
+
+class EvidencePool(Pool):
+    """A pool whose unit vectors carry evidence features beside the (whitened) embedding.
+
+    Vectors given to :meth:`transform` are ``[embedding, features]`` rows; the embedding part
+    goes through :meth:`Pool.transform` (normalised, whitened), the features are standardised
+    with the pool's mean and standard deviation, multiplied by ``weight / sqrt(k)`` and
+    appended, and the row is normalised again.
+
+    Parameters
+    ----------
+    ids, embeddings, encoder_id, whiten
+        As :class:`~ssald_desktop.core.active.Pool`.
+    features : ndarray
+        ``(N, k)`` evidence features of the pool's objects.
+    weight : float
+        Length of the feature part relative to the unit embedding part (for a row one
+        standard deviation from the mean in every feature).
+    """
+
+    def __init__(self, ids: list[str], embeddings: np.ndarray, features: np.ndarray,
+                 encoder_id: str = "unknown", whiten: float | None = None,
+                 weight: float = 1.0):
+        f = np.asarray(features, np.float64)
+        e = np.asarray(embeddings, np.float32)
+        if f.ndim != 2 or len(f) != len(e):
+            raise ActiveLearningError(f"{len(f)} feature rows for {len(e)} pool vectors")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ActiveLearningError(f"evidence weight must be >= 0, got {weight!r}")
+        self.n_embed = e.shape[1]
+        self.f_mean = f.mean(axis=0)
+        sd = f.std(axis=0)
+        self.f_scale = np.where(sd > 0, sd, 1.0)
+        self.weight = float(weight)
+        super().__init__(ids, e, encoder_id, whiten=whiten)
+        self.unit = self.transform(np.concatenate([e, f.astype(np.float32)], axis=1))
+
+    def transform(self, vectors: Any) -> np.ndarray:
+        """``[embedding, features]`` rows to the pool's unit vectors (see the class)."""
+        v = np.atleast_2d(np.asarray(vectors, np.float32))
+        emb = super().transform(v[:, :self.n_embed])
+        if v.shape[1] == self.n_embed:  # called by Pool.__init__ on the embeddings alone
+            return emb
+        z = (v[:, self.n_embed:].astype(np.float64) - self.f_mean) / self.f_scale
+        z *= self.weight / math.sqrt(z.shape[1])
+        u = np.concatenate([emb, z.astype(np.float32)], axis=1)
+        n = np.linalg.norm(u, axis=1, keepdims=True)
+        return np.divide(u, n, out=np.zeros_like(u), where=n > 0)
+
+
 def _ceiling(vectors: np.ndarray, y: np.ndarray, pools: list[np.ndarray], budget: int,
-             whiten: float | None) -> dict[str, Any]:
+             whiten: float | None, unit: np.ndarray | None = None) -> dict[str, Any]:
     """Recall in the top ``budget`` of a head trained on all labels (out-of-fold, 5 folds).
 
     The head sees the features the loop sees (whitened the same way, over all labelled images).
@@ -154,7 +313,8 @@ def _ceiling(vectors: np.ndarray, y: np.ndarray, pools: list[np.ndarray], budget
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    u = Pool([str(i) for i in range(len(vectors))], vectors, whiten=whiten).unit
+    u = Pool([str(i) for i in range(len(vectors))], vectors, whiten=whiten).unit if unit is None \
+        else unit
     p = cross_val_predict(LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced"),
                           u, y, cv=5, method="predict_proba")[:, 1]
     rec = [float(y[idx][np.argsort(-p[idx])[:budget]].sum() / y[idx].sum()) for idx in pools]
@@ -174,6 +334,7 @@ def bench_active_learning(images_dir: str | Path, labels_csv: str | Path, positi
                           store_dir: str | Path | None = None, ceiling: bool = True,
                           progress: Any = None, first_seed: int = 0,
                           whiten: float | None = DEFAULT_WHITEN,
+                          evidence_weight: float | None = None,
                           **learner_kwargs: Any) -> dict[str, Any]:
     """Run the discovery benchmark (see the module docstring).
 
@@ -205,6 +366,11 @@ def bench_active_learning(images_dir: str | Path, labels_csv: str | Path, positi
     whiten : float, optional
         Whiten the pool's embeddings (see :class:`~ssald_desktop.core.active.Pool`; None:
         plain L2-normalised embeddings).
+    evidence_weight : float, optional
+        Append the evidence features with this weight (see the module documentation and
+        :class:`EvidencePool`); None (default) runs on the embeddings alone. The features are
+        computed for the images of the seeds' pools and queries only; the ceiling is then
+        computed over those images, with and without the features.
     **learner_kwargs
         Passed to :class:`~ssald_desktop.core.active.ActiveLearner`.
 
@@ -258,17 +424,39 @@ def bench_active_learning(images_dir: str | Path, labels_csv: str | Path, positi
                                   f"({len(neg_rows) + n_pos} images)")
     all_policies = [*BASELINES, *[p for p in policies if p not in BASELINES]]
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in all_policies}
-    pools = []
+    draws = []
     for seed in range(int(first_seed), int(first_seed) + int(seeds)):
         rng = np.random.default_rng(seed)
         chosen = rng.permutation(pos_rows)
-        query_row, in_pool = chosen[0], chosen[1:n_pos + 1]
-        rows = np.sort(np.r_[neg_rows, in_pool])
-        pools.append(rows)
-        pool = Pool(list(ids[rows]), vectors[rows], info.encoder_id, whiten=whiten)
+        draws.append((seed, chosen[0], np.sort(np.r_[neg_rows, chosen[1:n_pos + 1]])))
+    pools = [rows for _, _, rows in draws]
+    feats: np.ndarray | None = None
+    used = np.unique(np.concatenate([np.r_[rows, q] for _, q, rows in draws]))
+    evidence_info: dict[str, Any] | None = None
+    if evidence_weight is not None:
+        if not (math.isfinite(evidence_weight) and evidence_weight >= 0):
+            raise ActiveLearningError(f"evidence weight must be >= 0, got {evidence_weight!r}")
+        key = hashlib.sha256(str(images_dir.resolve()).encode()).hexdigest()[:10]
+        cache_file = _cache_dir() / "bench-evidence" / f"nuclei-{key}.json"
+        t2 = time.perf_counter()
+        feats = np.zeros((len(ids), len(EVIDENCE_FEATURES)))
+        feats[used] = evidence_features(images_dir, [str(i) for i in ids[used]], cache_file,
+                                        progress)
+        evidence_info = {"features": list(EVIDENCE_FEATURES), "weight": evidence_weight,
+                         "images": int(len(used)), "cache": str(cache_file),
+                         "seconds": time.perf_counter() - t2,
+                         "mean_positive": feats[used][is_pos[used]].mean(axis=0).tolist(),
+                         "mean_negative": feats[used][~is_pos[used]].mean(axis=0).tolist()}
+    for seed, query_row, rows in draws:
+        if feats is None:
+            pool: Pool = Pool(list(ids[rows]), vectors[rows], info.encoder_id, whiten=whiten)
+            query = vectors[query_row].astype(np.float32)
+        else:
+            pool = EvidencePool(list(ids[rows]), vectors[rows], feats[rows], info.encoder_id,
+                                whiten=whiten, weight=float(evidence_weight or 0.0))
+            query = np.r_[vectors[query_row], feats[query_row]].astype(np.float32)
         truth = is_pos[rows]
         p_actual = n_pos / len(rows)
-        query = vectors[query_row].astype(np.float32)
         for policy in all_policies:
             t0 = time.perf_counter()
             if policy == "random":
@@ -299,9 +487,20 @@ def bench_active_learning(images_dir: str | Path, labels_csv: str | Path, positi
         "encoded_now": summary["encoded"] + summary["rewritten"], "encode_seconds": encode_s,
         "machine": _machine(),
     }
-    if ceiling:
+    if evidence_info is not None:
+        out["evidence"] = evidence_info
+    if ceiling and feats is None:
         y = is_pos.astype(np.int64)
         out["ceiling"] = _ceiling(vectors, y, pools, int(budget), whiten)
+    elif ceiling and feats is not None:  # over the images that have features
+        where = {int(r): k for k, r in enumerate(used)}
+        sub_pools = [np.array([where[int(r)] for r in rows]) for rows in pools]
+        y = is_pos[used].astype(np.int64)
+        ep = EvidencePool([str(i) for i in range(len(used))], vectors[used], feats[used],
+                          whiten=whiten, weight=float(evidence_weight or 0.0))
+        out["ceiling"] = _ceiling(vectors[used], y, sub_pools, int(budget), whiten, ep.unit)
+        out["ceiling"]["what"] += f" (over the {len(used)} images with evidence features)"
+        out["ceiling_embedding_only"] = _ceiling(vectors[used], y, sub_pools, int(budget), whiten)
     out["seconds"] = time.perf_counter() - t_start
     return out
 
@@ -342,9 +541,17 @@ def active_summary(r: dict[str, Any]) -> str:
             f"{m['enrichment']:>7.2f} {m['gm']:>6.3f} "
             f"{_fmt_reach(m['labels_to_50'], m['labels_to_50_reached']):>18} "
             f"{_fmt_reach(m['labels_to_90'], m['labels_to_90_reached']):>18}")
+    if "evidence" in r:
+        e = r["evidence"]
+        lines.insert(1, f"with evidence features {', '.join(e['features'])} (weight "
+                        f"{e['weight']:g}) on {e['images']} images")
     if "ceiling" in r:
         c = r["ceiling"]
         lines.append(f"ceiling (head trained on all labels, out-of-fold): recall "
                      f"{c['recall_in_budget']:.3f} within {r['budget']} labels (AUC "
                      f"{c['auc']:.3f})")
+    if "ceiling_embedding_only" in r:
+        c = r["ceiling_embedding_only"]
+        lines.append(f"ceiling without the evidence features, same images: recall "
+                     f"{c['recall_in_budget']:.3f} (AUC {c['auc']:.3f})")
     return "\n".join(lines)

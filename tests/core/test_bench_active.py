@@ -6,12 +6,21 @@ import csv
 import json
 import math
 import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ssald_desktop.core.active import ActiveLearningError
-from ssald_desktop.core.bench_active import active_summary, bench_active_learning, curve_metrics
+from ssald_desktop.core.active import ActiveLearningError, Pool
+from ssald_desktop.core.bench_active import (
+    EVIDENCE_FEATURES,
+    EvidencePool,
+    active_summary,
+    bench_active_learning,
+    curve_metrics,
+    evidence_features,
+)
 from ssald_desktop.core.errors import DataFileError
 from tests.conftest import DATA
 
@@ -110,3 +119,81 @@ def test_bench_bad_input(subset):
         bench_active_learning(images, labels, "spiral", batch=0, store_dir=store)
     with pytest.raises(DataFileError, match="labelled 'elliptical'"):
         bench_active_learning(images, labels, "elliptical", store_dir=store)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """4 spirals and 12 non-spirals of GZ2, copied, with their labels (evidence features)."""
+    with open(GZ2 / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pick = ([r for r in rows if r["label"] == "spiral"][:4]
+            + [r for r in rows if r["label"] == "non_spiral"][:12])
+    base = tmp_path_factory.mktemp("bench-evidence")
+    images = base / "images"
+    images.mkdir()
+    for r in pick:
+        shutil.copy2(GZ2 / "images" / f"{r['galaxy_id']}.jpg", images)
+    labels = base / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["galaxy_id", "label"])
+        w.writeheader()
+        w.writerows(pick)
+    return images, labels, base
+
+
+def test_evidence_pool_appends_weighted_features():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30, 8)).astype(np.float32)
+    feats = np.c_[rng.integers(0, 3, 30), rng.uniform(size=30), rng.uniform(0, 5, 30),
+                  np.zeros(30)]  # a constant column must not divide by zero
+    ids = [str(i) for i in range(30)]
+    plain = Pool(ids, emb, whiten=0.001)
+    off = EvidencePool(ids, emb, feats, whiten=0.001, weight=0.0)
+    assert off.unit.shape == (30, 12)
+    np.testing.assert_allclose(off.unit[:, :8], plain.unit, atol=1e-5)
+    assert np.all(off.unit[:, 8:] == 0)
+    on = EvidencePool(ids, emb, feats, whiten=0.001, weight=2.0)
+    np.testing.assert_allclose(np.linalg.norm(on.unit, axis=1), 1.0, atol=1e-5)
+    z = (feats - feats.mean(0)) / np.where(feats.std(0) > 0, feats.std(0), 1.0)
+    part = np.linalg.norm(z, axis=1) * 2.0 / 2.0  # weight / sqrt(4 features)
+    ratio = np.linalg.norm(on.unit[:, 8:], axis=1) / np.linalg.norm(on.unit[:, :8], axis=1)
+    np.testing.assert_allclose(ratio, part, rtol=1e-4)
+    # a query with its features maps like a pool row
+    np.testing.assert_allclose(on.transform(np.c_[emb[:2], feats[:2]]), on.unit[:2], atol=1e-5)
+    with pytest.raises(ActiveLearningError, match="feature rows"):
+        EvidencePool(ids, emb, feats[:5])
+
+
+def test_evidence_features_are_cached(tiny):
+    images, _, base = tiny
+    ids = sorted(p.stem for p in images.iterdir())[:3]
+    cache = base / "ev.json"
+    f = evidence_features(images, ids, cache)
+    assert f.shape == (3, 4)
+    assert set(np.unique(f[:, 0])) <= {0.0, 1.0, 2.0}
+    assert np.all((f[:, 1] >= 0) & (f[:, 1] <= 1))
+    saved = json.loads(cache.read_text())
+    assert sorted(saved) == ids
+    t0 = time.perf_counter()
+    np.testing.assert_array_equal(evidence_features(images, ids, cache), f)
+    assert time.perf_counter() - t0 < 1.0  # read from the cache, not measured again
+    with pytest.raises(DataFileError, match="no image file"):
+        evidence_features(images, ["no-such-galaxy"], cache)
+
+
+def test_bench_with_evidence_features(tiny, monkeypatch):
+    images, labels, base = tiny
+    monkeypatch.setenv("SSALD_CACHE_DIR", str(base / "cache"))
+    r = bench_active_learning(images, labels, "spiral", prevalence=0.2, budget=6, batch=3,
+                              seeds=1, policies=("default",), store_dir=base / "store",
+                              evidence_weight=1.0)
+    # pool: 12 non-spirals + round(0.2 * 12 / 0.8) = 3 spirals, plus the query
+    assert r["pool_size"] == 15 and r["evidence"]["images"] == 16
+    assert r["evidence"]["features"] == list(EVIDENCE_FEATURES)
+    assert Path(r["evidence"]["cache"]).is_file()
+    assert r["runs"]["default"][0]["labels_used"] == 6
+    assert "ceiling_embedding_only" in r and "evidence features" in active_summary(r)
+    json.dumps(r)
+    with pytest.raises(ActiveLearningError, match="evidence weight"):
+        bench_active_learning(images, labels, "spiral", prevalence=0.2, budget=6, batch=3,
+                              seeds=1, store_dir=base / "store", evidence_weight=-1.0)

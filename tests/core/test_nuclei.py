@@ -116,6 +116,63 @@ def test_unresolved_injection_is_not_claimed(singles):
     assert not res.is_pair
 
 
+# Galaxies of 2820-3-122 (positions of detect_galaxies) that the plain one-vs-two-PSF fit
+# calls pairs, inspected by eye on gri cutouts: a split elongated bulge (1.2"), a knot at the
+# tip of an inclined disk (5.6"), a faint clump 2.8" out; and a star 7.3" beyond a disk.
+# The cutout is centred on the catalogue position (as in the benchmark): a cutout one pixel
+# off can change the fit (the split bulge is a marginal case).
+DISK_STRUCTURE = [(38.33519, -0.14772), (38.31949, -0.00704), (38.37968, -0.01636)]
+STAR_NEIGHBOUR = (38.35940, -0.08646)
+
+
+def _catalogue_position(table, ra, dec):
+    d = np.hypot(np.asarray(table["ra"]) - ra, np.asarray(table["dec"]) - dec)
+    row = table[int(np.argmin(d))]
+    assert d.min() < 1e-4
+    return float(row["ra"]), float(row["dec"])
+
+
+def test_resolved_second_components_are_turned_down(quiet_field, field_sources):
+    table, psf = field_sources
+    for ra, dec in DISK_STRUCTURE:
+        fi = field_image(quiet_field, *_catalogue_position(table, ra, dec), psf=psf)
+        plain = find_in_field_image(fi, shape_test=False)
+        assert plain.is_pair and plain.second_extent is None
+        res = find_in_field_image(fi)
+        assert not res.is_pair, res.message
+        ext = res.second_extent
+        assert ext["component"] == "on host" and ext["resolved"]
+        assert ext["dchi2"] >= 14.2 and "resolved" in res.message
+        json.dumps(res.to_dict())
+    # a point source beyond the host is recorded, not turned down (one band cannot tell a
+    # star from a bare companion nucleus)
+    star = _catalogue_position(table, *STAR_NEIGHBOUR)
+    res = find_in_field_image(field_image(quiet_field, *star, psf=psf))
+    assert res.is_pair and res.second_extent["component"] == "off host"
+    assert not res.second_extent["resolved"]
+
+
+def test_injected_clump_is_not_a_nucleus_but_a_point_source_is(singles):
+    """The same flux 2 arcsec away: as a PSF it is a second nucleus, as a resolved clump not."""
+    from ssald_desktop.core.nuclei import _resolved_class
+
+    fi, nucleus = singles[1]
+    sigma = core_sigma(fi.psf_fwhm_px, fi.psf.ratio, fi.psf.wing)
+    yy, xx = np.mgrid[0 : fi.image.shape[0], 0 : fi.image.shape[1]]
+    x2, y2 = nucleus.x + 2.0 / fi.pixel_scale, nucleus.y
+    flux = nucleus.flux / 1.5
+    point = _psf(flux, x2, y2, (sigma, fi.psf.ratio, fi.psf.wing))(xx, yy)
+    clump = _resolved_class()(flux=flux, x_0=x2, y_0=y2, sx=2.0 * sigma, sy=1.5 * sigma,
+                              theta=0.3, sigma=sigma, ratio=fi.psf.ratio,
+                              wing=fi.psf.wing)(xx, yy)  # fmt: skip
+    assert clump.sum() == pytest.approx(point.sum(), rel=0.05)
+    res = find_in_field_image(fi, image=fi.image + point)
+    assert _matched(res, (nucleus.x, nucleus.y), (x2, y2), 1.5), res.message
+    assert not res.second_extent["resolved"]
+    res = find_in_field_image(fi, image=fi.image + clump)
+    assert not res.is_pair, res.message
+
+
 def test_false_pair_rate_is_low(quiet_field, field_sources):
     table, psf = field_sources
     gal = table[np.asarray(table["is_galaxy"]) & (np.asarray(table["snr"]) >= 25)]
@@ -129,8 +186,9 @@ def test_false_pair_rate_is_low(quiet_field, field_sources):
     assert len(measurable) >= 12
     # pairs at the injected separations (<= 4 arcsec) are rare on real single galaxies; all
     # pairs include real companions up to 10 kpc
-    assert close / len(measurable) <= 0.15
-    assert statuses.count("pair") / len(measurable) <= 0.3
+    # (the plain one-vs-two-PSF fit: 4 of 33 within 4.5 arcsec, 8 in all, S/N >= 20)
+    assert close / len(measurable) <= 0.06
+    assert statuses.count("pair") / len(measurable) <= 0.2
 
 
 def test_empty_sky_is_not_measurable(quiet_field, field_sources):
