@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise SsaldError("give both --ra and --dec")
     frame_set = psf = None
     if args.field is not None:
+        from ssald_desktop.core.evidence import field_sources
         from ssald_desktop.core.frames import open_frame_set
         from ssald_desktop.core.nuclei import NucleiError, default_psf, measure_psf
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             psf = default_psf(frame_set, "r", args.seeing)
         else:
             try:
-                psf = measure_psf(frame_set, "r")
+                psf = measure_psf(frame_set, "r", field_sources(frame_set))
             except NucleiError:
                 psf = default_psf(frame_set, "r")
     elif args.ra is not None:

@@ -180,11 +180,14 @@ def fetch_spectrum(text: str, cache_dir: Path, timeout: float) -> Generator[Any,
 
 
 def object_evidence(frame_set: FrameSet, ra: float, dec: float, spectrum: Path | None,
-                    child: ChildProcess | None = None) -> Generator[Any, None, Any]:
+                    child: ChildProcess | None = None, sources: Any = None
+                    ) -> Generator[Any, None, Any]:
     """Nuclei, spectral evidence and catalogue matches of one object (a worker generator).
 
     The fits run in ``child`` (the detection helper process) when given, with only the g, r
     and i bands of the field sent to it (r for the nuclei, g/r/i for the colour cutout).
+    ``sources`` is the field's source catalogue (the detection's table): a second nucleus on
+    a catalogued star is a star, not a nucleus.
     """
     from ssald_desktop.core.catalogs import crossmatch
     from ssald_desktop.core.evidence import gather_evidence
@@ -198,7 +201,8 @@ def object_evidence(frame_set: FrameSet, ra: float, dec: float, spectrum: Path |
     some = FrameSet({b: frame_set[b] for b in bands},
                     psf={b: frame_set.psf[b] for b in bands if b in frame_set.psf})
     kwargs = {"frame_set": some, "ra": ra, "dec": dec, "catalog_matches": matches,
-              "spectrum": str(spectrum) if spectrum is not None else None}
+              "spectrum": str(spectrum) if spectrum is not None else None,
+              "sources": sources}
     if child is None:
         return gather_evidence(**kwargs)
     return (yield from child.call(gather_evidence, **kwargs))
@@ -415,6 +419,7 @@ class MainWindow(QMainWindow):
         self.tasks = TaskRunner(self)
         self.field: FieldData | None = None
         self.galaxies = GalaxyList.empty()
+        self._field_sources: Any = None
         self._generation = 0
         self._pending_name: str | None = None
         self._selected: int | None = None
@@ -750,6 +755,7 @@ class MainWindow(QMainWindow):
             self._detection_failed(exc, generation)
             return
         self.set_galaxies(galaxies)
+        self._field_sources = table
         n_sources = len(table)
         self.statusBar().showMessage(
             f"{len(galaxies)} galaxies among {n_sources} sources "
@@ -871,8 +877,8 @@ class MainWindow(QMainWindow):
                 self.evidence_view.clear(f"No evidence: {self._describe_error(exc)}")
 
         self.tasks.run("evidence", object_evidence, self.field.frame_set, float(g.ra[index]),
-                       float(g.dec[index]), spectrum, self.child, on_result=done,
-                       on_error=failed)
+                       float(g.dec[index]), spectrum, self.child, self._field_sources,
+                       on_result=done, on_error=failed)
 
     # -- query, spectra and drops -------------------------------------------------------
     def open_paths(self, paths: Sequence[str | Path]) -> None:

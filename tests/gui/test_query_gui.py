@@ -259,6 +259,20 @@ def test_selecting_a_galaxy_measures_its_evidence(window, qtbot):
     assert "No known dual AGN" in view.catalog_label.text()
 
 
+def test_a_star_beside_a_galaxy_is_not_its_second_nucleus(window, qtbot):
+    """Galaxy 643 has a star 7.3 arcsec away: the field's own catalogue (passed by the window)
+    turns the two-PSF "pair" into one nucleus and names the star."""
+    view = window.evidence_view
+    assert window._field_sources is not None and "is_star" in window._field_sources.colnames
+    index = int(np.flatnonzero(np.asarray(window.galaxies.ids) == 643)[0])
+    window.select_galaxy(index)
+    qtbot.waitUntil(lambda: view.evidence is not None and abs(
+        view.evidence.ra - window.galaxies.ra[index]) < 1e-9, timeout=120_000)
+    ev = view.evidence
+    assert ev.nuclei.status == "single" and ev.stars, ev.star_check
+    assert "star" in ev.nuclei.message
+
+
 def test_local_spectra_give_redshifts_by_position():
     """The z column: a galaxy with a local spectrum within 2 arcsec gets its pipeline z."""
     from ssald_desktop.ui.main_window import LocalSpectra
