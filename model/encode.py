@@ -813,8 +813,14 @@ def _check_unique_ids(sides: Sequence[dict[str, Any]]) -> None:
             seen[oid] = s["_path"]
 
 
-def _finished_units(out: str, units: Sequence[Unit], job: dict[str, Any]) -> set[str]:
-    """Units whose sidecar is there, readable, of this job, with vectors of the right size."""
+def _finished_units(out: str, units: Sequence[Unit], job: dict[str, Any],
+                    planned: Sequence[FileObjects | None] = ()) -> set[str]:
+    """Units whose sidecar is there, readable, of this job, with vectors of the right size.
+
+    With ``planned`` (the input files as read now), a unit also needs its input file to be
+    unchanged (the same :func:`file_signature`): a shard rewritten by the miner since is
+    encoded again, not merged in two versions.
+    """
     present = set(_listdir(_join(out, SHARDS_DIR)))
     done = set()
     for u in units:
@@ -824,6 +830,10 @@ def _finished_units(out: str, units: Sequence[Unit], job: dict[str, Any]) -> set
             side = _read_sidecar(_join(out, SHARDS_DIR, u.name + ".json"))
         except ShardError:
             continue  # redone
+        now = planned[u.file_index] if u.file_index < len(planned) else None
+        sig = COLUMNS.index("signature")
+        if now is not None and side["rows"] and str(side["rows"][0][sig]) != now.signature:
+            continue  # the input file changed since: redone
         if (side["encoder_id"] == job["encoder_id"] and int(side["count"]) == u.count
                 and int(side["start"]) == u.start):
             npy = _join(out, SHARDS_DIR, u.name + ".npy")
@@ -1056,7 +1066,7 @@ def run_job(encoder: str, data: str, out: str, *, strategy_name: str = "default"
            "data": {"source": data, "format": fmt, "files": files}, "shard_size": shard_size}
     _makedirs(_join(out, SHARDS_DIR))
     _bind_job(out, job, command, write=chief)
-    finished = _finished_units(out, units, job)
+    finished = _finished_units(out, units, job, planned)
     pending = [u for u in units if u.name not in finished]
     base = 0
     for u in pending:

@@ -45,7 +45,7 @@ def _embed(args: argparse.Namespace) -> int:
     encoder = args.encoder or str(DEFAULT_ENCODER)
     if not Path(encoder).exists():
         raise SsaldError(f"{encoder}: no such encoder (give --encoder PATH)")
-    source, fmt = (args.images, "images") if args.images else (args.shards, "auto")
+    source, fmt = (args.images, "images") if args.images else (args.shards, "shards")
 
     def show(p):
         if not quiet:

@@ -82,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from ssald_desktop.core.errors import SsaldError
+from ssald_desktop.core.index import WHITEN_SHRINK
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -114,7 +115,7 @@ __all__ = [
 ]
 
 #: Shrinkage of the pool's PCA whitening (a fraction of the largest variance), see :class:`Pool`.
-DEFAULT_WHITEN = 1e-3
+DEFAULT_WHITEN = WHITEN_SHRINK  # the same whitening as the search index's
 
 #: Labels of the label store that count as positives, negatives, or are left out of training.
 DEFAULT_POSITIVE = ("DAGN candidate", "confirmed DAGN")

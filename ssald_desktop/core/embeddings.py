@@ -741,25 +741,30 @@ def open_image_set(source: str | Path, info: EncoderInfo, fmt: str = "auto") -> 
         A folder of images, the miner's output folder (or its shards).
     info : EncoderInfo
         The encoder (its scaling decides ``rgb`` or ``images``).
-    fmt : {"auto", "images", "h5", "tfrecord"}
+    fmt : {"auto", "images", "h5", "tfrecord", "shards"}
         ``auto``: HDF5 if the folder holds HDF5 shards (the miner may write both), else
-        TFRecord if it holds TFRecord shards, else images.
+        TFRecord if it holds TFRecord shards, else images. ``shards``: the same choice between
+        the two shard kinds, and an error when there is neither.
     """
     p = Path(source)
-    if fmt == "auto":
+    if fmt in ("auto", "shards"):
         if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-            fmt = "h5"
+            kind = "h5"
         elif p.is_file() and p.suffix.lower() in TFRECORD_EXTENSIONS:
-            fmt = "tfrecord"
+            kind = "tfrecord"
         elif p.is_dir() and any(next(p.glob(g), None) is not None for g in (
-                "h5/*/shard-*.h5", "*/shard-*.h5", "*.h5")):
-            fmt = "h5"
+                "h5/*/shard-*.h5", "*/shard-*.h5", "*.h5", "*.hdf5")):
+            kind = "h5"
         elif p.is_dir() and any(next(p.glob(g), None) is not None for g in (
                 "tfrecord/*/shard-*.tfrecord", "*/shard-*.tfrecord", "*.tfrecord", "*.tfrec",
                 "*.tfrecords")):
-            fmt = "tfrecord"
+            kind = "tfrecord"
+        elif fmt == "shards":
+            raise DataFileError(f"{p}: no HDF5 or TFRecord shards here (the miner writes "
+                                "h5/NNN/shard-*.h5 and tfrecord/NNN/shard-*.tfrecord)")
         else:
-            fmt = "images"
+            kind = "images"
+        fmt = kind
     if fmt == "images":
         if info.scaling["kind"] != "uint8":
             raise DataFileError(f"{p}: the encoder {Path(info.path).name} takes band cubes in "
@@ -1402,7 +1407,7 @@ def encode(source: str | Path, store: EmbeddingStore | str | Path, encoder: str 
         The embedding store.
     encoder : path-like
         The exported encoder.
-    fmt : {"auto", "images", "h5", "tfrecord"}
+    fmt : {"auto", "images", "h5", "tfrecord", "shards"}
         Format of ``source`` (:func:`open_image_set`).
     batch_size : int
         Images per batch.

@@ -360,7 +360,8 @@ class SimilarityIndex:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         side = {"format": "ssald-index", "version": 1, "kind": self.kind,
-                "metric": "inner product on L2-normalised vectors (cosine)",
+                "metric": "inner product on L2-normalised vectors (cosine)" + (
+                    ", PCA-whitened and renormalised first" if self.whitened else ""),
                 "params": self.params, "count": self.count, "dim": self.dim,
                 "file": INDEX_FILE, "bytes": path.stat().st_size, "sha256": h.hexdigest(),
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **{

@@ -573,6 +573,7 @@ class Searcher:
                     dec=objs[int(cand[t])]["dec"], source=objs[int(cand[t])]["source"])
                 for i, t in enumerate(top)]
         info = {"folder": str(self.folder), "kind": self.index.kind, "count": n,
+                "whitened": self.index.whitened,
                 "params": self.index.params, "encoder_id": self.store.encoder_id,
                 "normspec_digest": self.store.normspec_digest}
         return SearchResult(hits, int(k), combine, float(negative_weight), pos, neg, info)

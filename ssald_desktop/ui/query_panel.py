@@ -462,8 +462,9 @@ class QueryPanel(QWidget):
             if e.kind == "object":
                 self.grid.set_label(e.value, "negative")
         info = result.index
+        cosine = "cosine of whitened embeddings" if info.get("whitened") else "cosine"
         text = (f"{len(result.hits)} results from {info.get('count')} objects "
-                f"({info.get('kind')} index); similarity = cosine"
+                f"({info.get('kind')} index); similarity = {cosine}"
                 + (" \u2212 0.5 \u00d7 best cosine to a negative" if result.negatives else ""))
         if result.warnings:
             text += "<br><i>" + "<br>".join(result.warnings) + "</i>"

@@ -105,7 +105,6 @@ __all__ = [
     "batch_evidence",
     "card_content",
     "grid_mark",
-    "match_lines",
     "propose_batch",
     "read_bands",
     "spectral_evidence",
@@ -287,6 +286,9 @@ class CardContent:
     lines_note: str = ""
     #: Known systems matched (core.catalogs.Match), for their SDSS spectrum identifiers.
     match_objects: list[Any] = field(default_factory=list, repr=False)
+    #: Whether the cross-match and the spectrum lookup ran (a failure is not an answer).
+    match_ok: bool = False
+    spectrum_ok: bool = False
 
 
 @lru_cache(maxsize=512)
@@ -486,19 +488,6 @@ def read_bands(store: Any, object_id: str) -> tuple[dict[str, np.ndarray], str]:
     return out, ""
 
 
-def match_lines(ra: float, dec: float, radius_arcsec: float = MATCH_RADIUS_ARCSEC
-                ) -> list[str]:
-    """Known dual AGN within ``radius_arcsec`` of a position, one summary line each.
-
-    See :func:`ssald_desktop.core.catalogs.crossmatch` (Big MAC DR1, Liu+2011, GOTHIC).
-    """
-    from ssald_desktop.core.catalogs import crossmatch
-
-    if not (math.isfinite(ra) and math.isfinite(dec)):
-        return []
-    return [m.summary() for m in crossmatch(ra, dec, radius_arcsec)]
-
-
 def card_content(store: Any, object_id: str, ra: float | None = None, dec: float | None = None,
                  *, spectrum_for: Callable[[float, float], Path | None] | None = None,
                  labels: Any = None, radius_arcsec: float = MATCH_RADIUS_ARCSEC
@@ -543,6 +532,7 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
 
             out.match_objects = list(crossmatch(ra, dec, radius_arcsec))
             out.matches = [m.summary() for m in out.match_objects]
+            out.match_ok = True
             if not out.matches:
                 out.match_note = f"no known dual AGN within {radius_arcsec:g}\u2033"
         except SsaldError as exc:
@@ -555,6 +545,7 @@ def card_content(store: Any, object_id: str, ra: float | None = None, dec: float
             except SsaldError as exc:
                 out.spectrum_note = f"Spectrum lookup failed: {exc}"
             else:
+                out.spectrum_ok = True
                 if out.spectrum is None:
                     out.spectrum_note = (f"No spectrum of this object in the local spectra "
                                          f"(RA {ra:.5f}, Dec {dec:+.5f}).")
@@ -693,8 +684,14 @@ def propose_batch(pool: Any, labels: Mapping[str, str], n: int, *,
     cands = []
     ft, ft_note = None, ""
     if has_positive and finetuned_dir and store is not None:
+        from ssald_desktop.core.embeddings import EmbeddingStore
+
         try:
-            ft = load_finetuned(finetuned_dir, store)
+            if isinstance(store, EmbeddingStore):
+                ft = load_finetuned(finetuned_dir, store)
+            else:
+                with EmbeddingStore(store, create=False) as opened:
+                    ft = load_finetuned(finetuned_dir, opened)
         except SsaldError as exc:  # e.g. a head of the encoder before an encoder fine-tune
             ft_note = f" The fine-tuned head is not used: {exc}."
     if has_positive:
@@ -1247,6 +1244,10 @@ class ReviewPanel(QWidget):
         self.pool = None
         self.batch_items, self.queue, self.index = [], [], -1
         self.queries, self.query_vectors = [], None
+        self._card_request += 1  # a card still loading from the old store is dropped
+        if self._batch_task is not None and self._batch_task.running:
+            self._batch_again = True  # and so is a batch proposed from the old pool
+        self._show_empty()
         self._open()
 
     def _open(self) -> None:
@@ -1261,8 +1262,15 @@ class ReviewPanel(QWidget):
             return
         self.note_label.setText(f"Opening the pool {self.store_folder}\u2026")
         self._set_enabled(False)
+        self._open_generation = getattr(self, "_open_generation", 0) + 1
+        generation, folder = self._open_generation, self.store_folder
+
+        def opened(setup: _Setup) -> None:  # only the latest opening counts
+            if generation == self._open_generation and folder == self.store_folder:
+                self._opened(setup)
+
         self.tasks.run("review: open the pool", _setup, self.store_folder, self.store,
-                       self.finetune_dir, on_result=self._opened, on_error=self._open_failed)
+                       self.finetune_dir, on_result=opened, on_error=self._open_failed)
 
     def _set_enabled(self, on: bool) -> None:
         for w in (self.batch_button, self.samp_button, self.export_button, self.undo_button,
@@ -1685,8 +1693,10 @@ class ReviewPanel(QWidget):
         item = self.current_item()
         if item is not None:
             if not item.evidence and math.isfinite(item.ra):  # measured now, by the card
-                item.set_spectral(content.spectrum, content.lines, content.lines_note)
-                item.known = bool(content.match_objects)
+                if content.spectrum_ok:  # a failed lookup is not "no spectrum"
+                    item.set_spectral(content.spectrum, content.lines, content.lines_note)
+                if content.match_ok:
+                    item.known = bool(content.match_objects)
                 self._order_queue_counts()
             self._render_info(item, content)
         self.cardShown.emit(content.object_id)

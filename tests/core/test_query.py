@@ -261,6 +261,8 @@ def test_cli_embed_index_search(base, tmp_path, capsys):
          "no such encoder"),
         (["embed", "--encoder", tiny_encoder(base, 1), "--images", images, "--out", store],
          "another one"),
+        (["embed", "--encoder", enc, "--shards", images, "--out", tmp_path / "s2"],
+         "no HDF5 or TFRecord shards here"),
     ]:
         code, out, err = _cli(argv, capsys)
         assert code == 2, (argv, out, err)

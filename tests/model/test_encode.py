@@ -8,6 +8,7 @@ TensorFlow initialises, so the mirrored run is a subprocess (``--logical-cpus 2`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -225,3 +226,18 @@ def test_clear_errors_from_the_command_line(base, mined, tmp_path, capsys):
     assert "ssald-cli embed --images" in capsys.readouterr().err
     assert main(["--encoder", str(tmp_path / "none.keras"), *common[2:]]) == 2
     assert "none.keras: no such encoder" in capsys.readouterr().err
+
+
+def test_a_changed_input_file_is_encoded_again(base, mined, tmp_path):
+    """A resumed job redoes the shards of an input file rewritten since (new signature)."""
+    enc = tiny_encoder(base)
+    shutil.copytree(mined, tmp_path / "m")
+    data, out = tmp_path / "m" / "tfrecord", tmp_path / "emb"
+    _job(enc, data, out)
+    again = _job(enc, data, out)
+    assert (again["shards_skipped"], again["shards_written"]) == (7, 0)
+    first = sorted(data.rglob("*.tfrecord"))[0]  # 8 rows: two shards of 5 and 3
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    redo = _job(enc, data, out)
+    assert (redo["shards_skipped"], redo["shards_written"]) == (5, 2)
