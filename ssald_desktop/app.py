@@ -148,6 +148,9 @@ def create_app(argv: Sequence[str] | None = None):
     import pyqtgraph as pg
 
     pg.setConfigOptions(imageAxisOrder="row-major")
+    from ssald_desktop.ui.workers import collect_garbage_in_gui_thread
+
+    collect_garbage_in_gui_thread(app)
 
     from ssald_desktop.firstrun import check_environment
     from ssald_desktop.settings import Settings

@@ -37,6 +37,26 @@ Callback = Callable[[Any], None]
 _RECENT_WORKERS: collections.deque[Any] = collections.deque(maxlen=256)
 
 
+def collect_garbage_in_gui_thread(app: Any) -> Any:
+    """Run Python's cyclic garbage collector only in the GUI thread, on a timer (once per app).
+
+    With automatic collection, a collection triggered by an allocation in a worker thread can
+    free a cycle holding Qt objects there: PySide then destroys them in that thread while the
+    GUI thread deletes widgets, and the two deadlock on Qt's connection lock (seen in the test
+    suite: a worker in ``QObject::~QObject`` waiting for the GIL, the GUI thread holding the
+    GIL in ``QObject::~QObject`` waiting for the lock). :class:`pyqtgraph.util.
+    garbage_collector.GarbageCollector` disables automatic collection and collects on a GUI
+    timer with the same thresholds. Returns it (kept on ``app``).
+    """
+    gc_timer = getattr(app, "_ssald_gc", None)
+    if gc_timer is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        gc_timer = GarbageCollector(interval=1.0)
+        app._ssald_gc = gc_timer
+    return gc_timer
+
+
 def _close_generator(gen: Any) -> None:
     try:
         gen.close()

@@ -21,6 +21,27 @@ def _wait(app, predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.005)
 
 
+@pytest.fixture(scope="package", autouse=True)
+def gc_in_gui_thread(qapp):
+    """Collect garbage only in the GUI thread while GUI tests run, as the app does.
+
+    A collection in a worker thread can free Qt objects there and deadlock with the GUI thread
+    (see ``workers.collect_garbage_in_gui_thread``); afterwards the other tests get Python's
+    automatic collection back.
+    """
+    import gc
+
+    from ssald_desktop.ui.workers import collect_garbage_in_gui_thread
+
+    collector = collect_garbage_in_gui_thread(qapp)
+    assert not gc.isenabled()
+    yield collector
+    collector.timer.stop()
+    del qapp._ssald_gc
+    gc.enable()
+    gc.collect()
+
+
 @pytest.fixture(scope="module")
 def window(qapp, tmp_path_factory):
     from PySide6.QtCore import QThreadPool
