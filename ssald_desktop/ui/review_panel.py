@@ -1222,6 +1222,10 @@ class ReviewPanel(QWidget):
             self.oiii_plot.clear_fit("measuring the spectrum\u2026")
             self.bpt_plot.show_point(None, "measuring\u2026")
             return
+        # without a spectrum the plots would be empty boxes: the info text says why, and the
+        # card's images get the room
+        self.evidence_row.setVisible(content.spectrum is not None)
+        self.spectrum_view.setVisible(content.spectrum is not None)
         spec = content.lines
         if spec is None:
             why = content.lines_note or "not measurable: no spectrum"
