@@ -285,20 +285,8 @@ def prepare_images(raw: Sequence[np.ndarray], scaling: dict[str, Any],
                    input_size: int) -> np.ndarray:
     """Scale and resize raw images exactly as the encoder's training data were.
 
-    Parameters
-    ----------
-    raw : sequence of ndarray
-        ``(H, W, C)`` images: 8-bit values for ``"uint8"`` scaling, nanomaggies for
-        ``"asinh"``; non-square images are centre-cropped first.
-    scaling : dict
-        The card's pixel scaling (:func:`model.data.apply_scaling`).
-    input_size : int
-        The encoder's input side.
-
-    Returns
-    -------
-    ndarray
-        float32 ``(N, input_size, input_size, C)``.
+    :func:`model.pixels.prepare_raw_images`, run on the TensorFlow thread
+    (:func:`on_tf_thread`).
     """
     return on_tf_thread(_prepare_images, raw, scaling, input_size)
 
